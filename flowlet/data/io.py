@@ -1,0 +1,101 @@
+"""Atomic file writing: a reader never sees a half-written file under its final name.
+
+Every writer in the toolkit goes through :func:`atomic_path`: the data are written to a temporary file in the
+same folder, flushed to disk, then renamed over the destination (``os.replace`` is atomic on POSIX and Windows
+within one file system). If writing fails, the temporary file is removed and any previous file stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
+
+    Args:
+        path: final destination. Its parent folder is created if needed.
+        suffix: suffix of the temporary file (defaults to the destination's full suffix, e.g. ``.nii.gz``,
+            so that libraries which choose a format from the name still work).
+
+    Example:
+        >>> with atomic_path("out/table.tsv") as tmp:  # doctest: +SKIP
+        ...     frame.to_csv(tmp, sep="\\t")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (sorted keys, trailing newline) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def write_table_atomic(path: str | os.PathLike, frame: pd.DataFrame, *, sep: str | None = None) -> Path:
+    """Write a DataFrame as TSV (``.tsv``) or CSV (other suffixes) atomically, without the index.
+
+    Floats are written with up to 10 significant digits so that files are reproducible byte for byte.
+    """
+    path = Path(path)
+    if sep is None:
+        sep = "\t" if path.suffix == ".tsv" else ","
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep=sep, index=False, float_format="%.10g", lineterminator="\n")
+    return path
+
+
+def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """Join ``relative`` onto ``root`` and refuse any result outside ``root``.
+
+    Used for every output path built from user-controlled text (subject ids, file names in tables), so that
+    ``../`` or an absolute path cannot make a file land outside the output folder.
+
+    Raises:
+        ValueError: naming the offending path.
+    """
+    root_path = Path(root).resolve()
+    candidate = (root_path / relative).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        raise ValueError(f"path '{relative}' would leave the output folder '{root_path}'")
+    return candidate
