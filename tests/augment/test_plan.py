@@ -1,0 +1,129 @@
+"""Planning is maths: totals, fill order, proportions and errors are checked exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowlet.augment.plan import (
+    PlanError,
+    age_bins,
+    allocate,
+    draw_ages,
+    gaussian_proportions,
+    histogram,
+    make_plan,
+)
+
+
+@pytest.fixture
+def skewed_ages() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.uniform(20, 40, 150), rng.uniform(40, 90, 40), rng.uniform(8, 20, 10)])
+
+
+def test_bins_cover_the_range_and_histogram_counts_everyone(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=5)
+    assert edges[0] <= skewed_ages.min() and edges[-1] > skewed_ages.max()
+    assert histogram(skewed_ages, edges).sum() == skewed_ages.size
+    assert histogram([10.0, 15.0, 20.0], np.array([10.0, 15.0, 20.0])).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 1.0, 2.5])
+def test_total_equals_the_budget_exactly(skewed_ages, ratio):
+    edges = age_bins(skewed_ages, bin_width=5)
+    plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), synthetic_ratio=ratio)
+    assert plan.table["synthetic_count"].sum() == round(ratio * skewed_ages.size) == plan.budget
+
+
+def test_uniform_with_enough_budget_equalises_every_bin(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=5)
+    plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1))
+    combined = plan.table["combined_count"].to_numpy()
+    assert combined.min() == combined.max() == plan.table["real_count"].max()
+    assert plan.max_min_ratio() == 1.0
+    big = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), synthetic_ratio=5.0)
+    assert big.table["combined_count"].max() - big.table["combined_count"].min() <= 1
+
+
+def test_tight_budget_fills_the_smallest_bins_first():
+    real = np.array([50, 2, 10, 0])
+    counts = allocate(real, np.ones(4), 5)
+    assert counts.tolist() == [
+        0,
+        2,
+        0,
+        3,
+    ]  # level 2.5: bins 1 and 3 rise to 4 and 3 (tie-break to the lower bin)
+    counts = allocate(real, np.ones(4), 20)
+    assert counts.tolist() == [
+        0,
+        9,
+        1,
+        10,
+    ]  # level 10.5 → 11, 11, 11, 10: bins with the most unmet need first
+
+
+def test_bins_above_target_get_nothing(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=5)
+    plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), synthetic_ratio=0.3)
+    level = plan.table["combined_count"].max()
+    full = plan.table[plan.table["real_count"] >= level]
+    assert (full["synthetic_count"] == 0).all()
+
+
+def test_match_target_reproduces_proportions_within_one_sample(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=10)
+    target_ages = np.random.default_rng(1).uniform(10, 90, 500)
+    p = histogram(target_ages, edges).astype(float)
+    plan = make_plan(skewed_ages, edges, p, target="match")
+    combined = plan.table["combined_count"].to_numpy()
+    kept = (
+        p > 0
+    )  # real brains in a bin the target leaves empty cannot be removed; they are left out of the check
+    expected = combined[kept].sum() * p[kept] / p.sum()
+    assert np.all(np.abs(combined[kept] - expected) <= 1.0 + 1e-9)
+    assert (plan.table["synthetic_count"].to_numpy()[~kept] == 0).all()
+
+
+def test_gaussian_proportions_sum_to_one_and_peak_at_the_mean():
+    edges = np.arange(0, 101, 10.0)
+    p = gaussian_proportions(edges, 55.0, 10.0)
+    assert p.sum() == pytest.approx(1.0)
+    assert int(np.argmax(p)) == 5
+    with pytest.raises(PlanError, match="positive SD"):
+        gaussian_proportions(edges, 50, 0)
+
+
+def test_min_per_bin_and_max_synthetic(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=5)
+    plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), max_synthetic=60, min_per_bin=4)
+    assert plan.table["synthetic_count"].sum() == 60
+    assert (plan.table["combined_count"] >= 4).all()
+    with pytest.raises(PlanError, match="min-per-bin"):
+        make_plan(skewed_ages, edges, np.ones(len(edges) - 1), max_synthetic=5, min_per_bin=30)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(PlanError, match="--bins"):
+        age_bins([1, 2], edges=[10, 5])
+    with pytest.raises(PlanError, match="--bin-width"):
+        age_bins([1, 2], bin_width=0)
+    with pytest.raises(PlanError, match="--synthetic-ratio"):
+        make_plan([20, 30], np.array([20.0, 25, 35]), np.ones(2), synthetic_ratio=-1)
+    with pytest.raises(PlanError, match="empty cohort"):
+        age_bins([], bin_width=5)
+
+
+def test_draw_ages_stays_in_bins_and_refuses_out_of_range(skewed_ages):
+    edges = age_bins(skewed_ages, bin_width=5)
+    plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), synthetic_ratio=1.0)
+    ages = draw_ages(plan, np.random.default_rng(0))
+    assert ages.size == plan.budget
+    assert np.array_equal(histogram(ages, edges), plan.table["synthetic_count"].to_numpy())
+    clipped = draw_ages(plan, np.random.default_rng(0), age_range=(10.0, 85.0))
+    assert clipped.min() >= 10.0 and clipped.max() <= 85.0
+    with pytest.raises(PlanError, match="allow-extrapolation"):
+        draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0))
+    wide = draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0), allow_extrapolation=True)
+    assert wide.size == plan.budget
