@@ -171,8 +171,13 @@ def make_plan(
     synthetic_ratio: float | None = None,
     max_synthetic: int | None = None,
     min_per_bin: int = 0,
+    target_counts: np.ndarray | None = None,
 ) -> AugmentationPlan:
-    """Plan the synthetic counts per bin for a target histogram (see the module docstring for the rules)."""
+    """Plan the synthetic counts per bin for a target histogram (see the module docstring for the rules).
+
+    With ``target_counts`` (combined brains wanted per bin) the default budget is what reaches those counts, and
+    each bin gets ``max(0, count − real)``; a different budget is water-filled around that.
+    """
     real = histogram(real_ages, edges)
     p = np.asarray(proportions, dtype=np.float64)
     if p.shape != real.shape:
@@ -182,12 +187,19 @@ def make_plan(
     if max_synthetic is not None and max_synthetic < 0:
         raise PlanError(f"--max-synthetic: expected a non-negative count, got {max_synthetic}")
     reserved = np.maximum(0, min_per_bin - real) if min_per_bin > 0 else np.zeros_like(real)
+    if target_counts is not None:
+        wanted = np.maximum(0, np.asarray(target_counts, dtype=np.int64) - real)
+        reserved = np.maximum(reserved, wanted)
     if synthetic_ratio is not None:
         budget = round(synthetic_ratio * len(real_ages))
+    elif target_counts is not None:
+        budget = int(reserved.sum())
     else:
         budget = _minimal_budget(real + reserved, p) + int(reserved.sum())
     if max_synthetic is not None:
         budget = min(budget, max_synthetic)
+    if target_counts is not None and reserved.sum() > budget:
+        reserved = np.maximum(0, min_per_bin - real) if min_per_bin > 0 else np.zeros_like(real)
     if reserved.sum() > budget:
         raise PlanError(
             f"--min-per-bin {min_per_bin} needs {int(reserved.sum())} synthetic samples, more than the budget "

@@ -127,3 +127,48 @@ def test_draw_ages_stays_in_bins_and_refuses_out_of_range(skewed_ages):
         draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0))
     wide = draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0), allow_extrapolation=True)
     assert wide.size == plan.budget
+
+
+def test_parse_target_forms(tmp_path):
+    from flowlet.augment.targets import parse_target
+
+    edges = np.arange(20, 61, 10.0)
+    assert parse_target("uniform", edges).proportions.tolist() == [1, 1, 1, 1]
+    (tmp_path / "participants.tsv").write_text("participant_id\tAge\nsub-1\t25.5\nsub-2\t26\nsub-3\t55\n")
+    assert parse_target(f"match:{tmp_path / 'participants.tsv'}", edges).proportions.tolist() == [2, 0, 0, 1]
+    assert parse_target("gaussian:40,5", edges).proportions.sum() == pytest.approx(1.0)
+    (tmp_path / "bins.tsv").write_text("bin_start\tbin_end\tcount\n0\t50\t10\n50\t100\t30\n")
+    explicit = parse_target(str(tmp_path / "bins.tsv"), edges)
+    assert explicit.edges.tolist() == [0, 50, 100]
+    assert explicit.counts.tolist() == [10, 30]
+
+
+@pytest.mark.parametrize(
+    ("spec", "content", "message"),
+    [
+        ("gaussian:40", None, "gaussian:MEAN,SD"),
+        ("triangle", None, "expected uniform"),
+        ("match:{dir}/nope.tsv", None, "not found"),
+        ("match:{dir}/p.tsv", "participant_id\tyears\nsub-1\t3\n", "expected an age column"),
+        ("match:{dir}/p.tsv", "participant_id\tage\nsub-1\told\n", "non-negative numbers"),
+        ("{dir}/p.tsv", "bin_start\tbin_end\n0\t10\n", "expected columns bin_start"),
+        ("{dir}/p.tsv", "bin_start\tbin_end\tcount\n0\t10\t1\n20\t30\t1\n", "contiguous"),
+    ],
+)
+def test_parse_target_errors(tmp_path, spec, content, message):
+    from flowlet.augment.targets import parse_target
+
+    if content is not None:
+        (tmp_path / "p.tsv").write_text(content)
+    with pytest.raises(PlanError, match=message):
+        parse_target(spec.format(dir=tmp_path), np.arange(20, 61, 10.0))
+
+
+def test_explicit_counts_are_reached_exactly():
+    ages = [21, 22, 23, 31, 45]
+    edges = np.array([20.0, 30, 40, 50])
+    plan = make_plan(ages, edges, np.array([5, 5, 2]), target_counts=np.array([5, 5, 2]))
+    assert plan.table["synthetic_count"].tolist() == [2, 4, 1]
+    assert plan.table["combined_count"].tolist() == [5, 5, 2]
+    tight = make_plan(ages, edges, np.array([5, 5, 2]), target_counts=np.array([5, 5, 2]), max_synthetic=3)
+    assert tight.table["synthetic_count"].sum() == 3
