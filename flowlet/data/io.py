@@ -99,3 +99,42 @@ def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike) -> Path
     if candidate != root_path and root_path not in candidate.parents:
         raise ValueError(f"path '{relative}' would leave the output folder '{root_path}'")
     return candidate
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the lock on an output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, name: str = ".lock") -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder for the duration of the block.
+
+    Two processes pointed at the same output folder would interleave their writes; the second one is refused with
+    a clear error instead. The lock is an ``fcntl.flock`` on ``folder/.lock``, released automatically if the
+    process dies, so a killed run never leaves a stale lock behind.
+
+    Raises:
+        FolderLockedError: naming the folder and the process that holds it.
+    """
+    import fcntl  # POSIX only; imported here so the module still imports elsewhere
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / name
+    handle = open(lock_path, "a+")  # noqa: SIM115 - closed in the finally block
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise FolderLockedError(
+                f"{folder}: another process (pid {holder}) is writing to this folder; wait for it or use another folder"
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield folder
+    finally:
+        handle.close()

@@ -1,0 +1,1 @@
+"""The end-to-end study: cohort → split → generator → augmentation → brain-age comparison → evaluation → report."""
