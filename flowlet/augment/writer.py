@@ -1,0 +1,201 @@
+"""Writing an augmentation: the synthetic brains of a plan as a BIDS derivatives folder.
+
+Layout of ``OUT/``::
+
+    dataset_description.json      DatasetType "derivative", GeneratedBy (toolkit, version, checkpoint hash, config)
+    participants.tsv              participant_id, age, sex, site (= synthetic), seed, solver, steps, bin
+    plan.tsv                      bin, real_count, target_proportion, synthetic_count, combined_count
+    sub-syn00001/anat/sub-syn00001_T1w.nii.gz
+
+Resumable and shardable. Sample ``i`` starts from the noise of ``sample_seed(seed, i)``. Samples are grouped into
+fixed batches by index (batch ``k`` holds samples ``k·B … k·B + B − 1``) and a shard owns whole batches, so every
+network call sees the same batch whichever shard or rerun makes it: float results can depend on the batch a sample
+is computed in, and this keeps the union of shards equal to one unsharded run byte for byte (for the same batch size
+and thread count). The metadata files depend only on the plan, so every shard writes the same bytes. Volumes are
+written atomically: a file under its final name is complete. On a rerun, finished files are verified (readable,
+right shape) and skipped; a batch with any missing file is recomputed and only its missing files are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowlet import __version__
+from flowlet.augment.plan import AugmentationPlan
+from flowlet.data import keys
+from flowlet.data.io import folder_lock, write_json_atomic, write_table_atomic
+from flowlet.data.nifti import NiftiError, load_volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AugmentResult", "Shard", "parse_shard", "sample_table", "write_augmentation"]
+
+SYNTHETIC_SITE = "synthetic"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count``: the batches ``k`` with ``k % count == index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, batch_index: int) -> bool:
+        return batch_index % self.count == self.index
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` → :class:`Shard`; a clear error otherwise."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError as exc:
+        raise ValueError(f"--shard {text!r}: expected I/N with integers, e.g. 0/4") from exc
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: expected 0 <= I < N")
+    return Shard(index, count)
+
+
+@dataclass(frozen=True)
+class AugmentResult:
+    out_dir: Path
+    generated: int
+    skipped: int
+    total: int
+
+
+def sample_table(
+    plan: AugmentationPlan, ages: np.ndarray, *, seed: int, solver: str, steps: int
+) -> pd.DataFrame:
+    """One row per synthetic brain, in plan order, with its id, age, per-sample seed and bin."""
+    from flowlet.sampling import sample_seed
+
+    bins = np.repeat(plan.table["bin"].to_numpy(), plan.table["synthetic_count"].to_numpy())
+    n = len(ages)
+    if len(bins) != n:
+        raise ValueError(f"{n} ages for a plan of {len(bins)} synthetic brains")
+    width = max(5, len(str(n)))
+    return pd.DataFrame(
+        {
+            "participant_id": [f"sub-syn{i + 1:0{width}d}" for i in range(n)],
+            keys.AGE: np.round(ages, 4),
+            keys.SEX: keys.UNKNOWN,
+            keys.SITE: SYNTHETIC_SITE,
+            "seed": [sample_seed(seed, i) for i in range(n)],
+            "solver": solver,
+            "steps": steps,
+            "bin": bins,
+        }
+    )
+
+
+def image_path(out_dir: Path, participant_id: str) -> Path:
+    return out_dir / participant_id / "anat" / f"{participant_id}_T1w.nii.gz"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_metadata(
+    out_dir: Path, plan: AugmentationPlan, samples: pd.DataFrame, generated_by: Mapping[str, Any]
+) -> None:
+    """The folder's description, participants and plan (identical bytes from every shard)."""
+    write_json_atomic(
+        out_dir / "dataset_description.json",
+        {
+            "Name": "FlowLet synthetic brains",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "flowlet-toolkit", "Version": __version__, **generated_by}],
+        },
+    )
+    write_table_atomic(out_dir / "participants.tsv", samples)
+    write_table_atomic(out_dir / "plan.tsv", plan.table)
+
+
+def _is_complete(path: Path, shape: tuple[int, ...]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        volume = load_volume(path)
+    except NiftiError as exc:
+        logger.warning("%s is unreadable (%s); regenerating it", path, exc)
+        return False
+    if volume.shape != tuple(shape):
+        logger.warning("%s has shape %s, expected %s; regenerating it", path, volume.shape, tuple(shape))
+        return False
+    return True
+
+
+def write_augmentation(
+    out_dir: str | Path,
+    bundle: Any,
+    plan: AugmentationPlan,
+    samples: pd.DataFrame,
+    sampling_config: Any,
+    *,
+    save_size: tuple[int, int, int],
+    affine: np.ndarray,
+    generated_by: Mapping[str, Any],
+    shard: Shard = Shard(),
+    progress: bool = True,
+) -> AugmentResult:
+    """Generate the brains of ``samples`` that this shard owns and that are not already complete.
+
+    Args:
+        out_dir: the derivatives folder.
+        bundle: a loaded ``FlowLetBundle``.
+        plan: the plan (written as ``plan.tsv``).
+        samples: from :func:`sample_table`.
+        sampling_config: a ``flowlet.sampling.SamplingConfig``.
+        save_size: exported volume shape.
+        affine: affine written on every volume.
+        generated_by: provenance merged into ``dataset_description.json`` (checkpoint hash, config...).
+        shard: which part of the samples to generate.
+        progress: show a progress bar.
+    """
+    from flowlet.sampling import decode_and_export, iter_generate, write_volumes
+
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, name=f".lock-shard-{shard.index}-of-{shard.count}"):
+        write_metadata(out_dir, plan, samples, generated_by)
+        size = sampling_config.batch_size
+        batches = [list(range(k, min(k + size, len(samples)))) for k in range(0, len(samples), size)]
+        owned = [b for k, b in enumerate(batches) if shard.owns(k)]
+        paths = {i: image_path(out_dir, samples["participant_id"].iloc[i]) for b in owned for i in b}
+        missing = {i for i in paths if not _is_complete(paths[i], save_size)}
+        todo = [b for b in owned if missing.intersection(b)]
+        logger.info("%d of %d brains of this shard to generate", len(missing), len(paths))
+        ages = samples[keys.AGE].to_numpy(dtype=np.float64)
+        seeds = samples["seed"].to_numpy()
+        bar = _progress_bar(sum(len(b) for b in todo), enabled=progress)
+        for batch in todo:
+            wavelets = next(
+                iter_generate(bundle, ages[batch].tolist(), seeds[batch].tolist(), sampling_config, False)
+            )
+            volumes = decode_and_export(wavelets.wavelets, save_size)
+            keep = [j for j, i in enumerate(batch) if i in missing]
+            write_volumes(volumes[keep], [paths[batch[j]] for j in keep], affine)
+            bar.update(len(batch))
+        bar.close()
+    return AugmentResult(
+        out_dir, generated=len(missing), skipped=len(paths) - len(missing), total=len(samples)
+    )
+
+
+def _progress_bar(total: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generating", unit="brain", disable=not enabled)
