@@ -1,0 +1,306 @@
+"""``flowlet-generate``: sample synthetic brains from a FlowLet checkpoint (official or toolkit format).
+
+Accepts the official ``scripts/generate.py`` flags and writes the official layout (spec §4, §8)::
+
+    <output_dir>/<key>_<value:.2f>[_<key2>_<v2>]/FlowLet_synthetic_brain_<i>.nii.gz
+
+or, with ``--ages-linspace``, the official ``generate_linear.py`` layout::
+
+    <output_dir>/<prefix>_<suffix>_AgeLin_<min:.1f>-<max:.1f>_N<N>_Steps<steps>/<prefix>_<suffix>_AGE_<age:.2f>_sample_<i>.nii.gz
+
+With ``--ablation`` other than ``baseline`` alone, the condition folders go under ``<output_dir>/<Suffix>/`` with the
+official mode suffixes (``Baseline``, ``FiLM_Only``, ``CrossAttn_Only``, ``Unconditional``). Writes
+``generation.json`` (resolved settings, checkpoint sha256, one record per file with its seed).
+Sample ``i`` of every folder starts from the same seeded noise, so conditions and ablation modes are paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("flowlet.generate")
+
+EXAMPLE = """example:
+  flowlet-generate --checkpoint_path runs/base/fmw_best_slim.pth --output_dir synth \\
+      --generation_conditions "Age=45" "Age=75" --num_synthetic 10 --seed 1234 --batch_size 4
+  flowlet-generate --checkpoint_path model.pth --output_dir lin --ages-linspace 20 80 100 \\
+      --ablation baseline film_only --solver heun --num_flow_steps 25
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowlet-generate",
+        description="Generate age-conditioned synthetic brain MRI volumes from a FlowLet checkpoint.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint_path", required=True, help="toolkit checkpoint or official slim .pth")
+    p.add_argument("--config_path", help="official config.json (default: next to the checkpoint)")
+    p.add_argument(
+        "--condition_ranges_path", help="official condition_ranges.json (default: next to the checkpoint)"
+    )
+    p.add_argument("--output_dir", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--generation_conditions",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help='one item per output folder; several keys in one item: "Age=45 Sex=1"',
+    )
+    what.add_argument(
+        "--ages-linspace",
+        "--ages_linspace",
+        nargs=3,
+        type=float,
+        metavar=("MIN", "MAX", "N"),
+        help="N ages evenly spaced in [MIN, MAX], one sample each (official generate_linear)",
+    )
+    p.add_argument("--num_synthetic", type=int, default=10, help="samples per condition (default 10)")
+    p.add_argument(
+        "--num_flow_steps", type=int, help="solver steps (default: config value for euler, 50 for heun)"
+    )
+    p.add_argument(
+        "--solver",
+        help="euler | heun | midpoint | rk4 (default: euler for an official checkpoint "
+        "when --num_flow_steps is given, else heun)",
+    )
+    p.add_argument("--time-grid", "--time_grid", default="uniform", help="uniform | shifted | cosine")
+    p.add_argument(
+        "--save_size", type=int, nargs=3, help="export crop (default: the checkpoint's, else 91 109 91)"
+    )
+    p.add_argument("--model_input_size", type=int, nargs=3, help="ignored: read from the checkpoint config")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda falls back to cpu)")
+    p.add_argument("--batch_size", type=int, default=4, help="samples per network call (memory ~ linear)")
+    p.add_argument(
+        "--ablation",
+        nargs="+",
+        default=["baseline"],
+        help="baseline film_only crossattn_only unconditional, or all",
+    )
+    p.add_argument(
+        "--guidance-scale", "--guidance_scale", type=float, default=1.0, help="classifier-free guidance"
+    )
+    p.add_argument(
+        "--affine",
+        default="mni",
+        choices=("mni", "identity"),
+        help="mni: real MNI 2 mm/1 mm header (default); identity: official 1 mm identity",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="CUDA autocast dtype of the network (fp16 = the official CUDA behaviour); the state stays fp32",
+    )
+    p.add_argument("--filename_prefix", default="FlowLet", help="prefix of the --ages-linspace layout")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def parse_condition_items(items: Sequence[str]) -> list[dict[str, float]]:
+    """``["Age=45 Sex=1", "Age=75"]`` -> ``[{"Age": 45.0, "Sex": 1.0}, {"Age": 75.0}]``."""
+    groups = []
+    for item in items:
+        group = {}
+        for token in item.split():
+            key, sep, value = token.partition("=")
+            try:
+                if not sep or not key:
+                    raise ValueError
+                group[key] = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"--generation_conditions: expected KEY=NUMBER, got {token!r} in {item!r}"
+                ) from None
+        groups.append(group)
+    return groups
+
+
+def condition_folder(group: dict[str, float]) -> str:
+    """Official folder name: keys sorted, ``<key>_<value:.2f>`` joined by ``_``."""
+    return "_".join(f"{k}_{group[k]:.2f}" for k in sorted(group))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available; falling back to the CPU")
+        return "cpu"
+    return name
+
+
+def _ablations(names: Sequence[str]) -> list[str]:
+    from flowlet.guidance import ABLATIONS
+
+    names = list(ABLATIONS) if "all" in names else list(dict.fromkeys(names))
+    for name in names:
+        if name not in ABLATIONS:
+            raise ValueError(f"--ablation: unknown mode '{name}'; choose from {[*ABLATIONS, 'all']}")
+    return names
+
+
+def resolve_sampling(args: argparse.Namespace, bundle):
+    """Build the :class:`~flowlet.sampling.SamplingConfig` for one ablation from the flags and the bundle."""
+    from flowlet.sampling import SamplingConfig
+
+    solver = args.solver
+    if solver is None:
+        solver = "euler" if bundle.source_format == "official" and args.num_flow_steps is not None else "heun"
+    steps = args.num_flow_steps
+    if steps is None:
+        steps = (bundle.num_flow_steps or 100) if solver == "euler" else SamplingConfig.num_steps
+    return SamplingConfig(
+        solver=solver,
+        num_steps=steps,
+        guidance_scale=args.guidance_scale,
+        batch_size=args.batch_size,
+        time_grid=args.time_grid,
+        device=_device(args.device),
+        autocast_dtype=None if args.precision == "fp32" else args.precision,
+    )
+
+
+@dataclasses.dataclass
+class Job:
+    """One output folder: raw conditions per sample, seeds and file paths (relative to the output dir)."""
+
+    ablation: str
+    conditions: dict[str, list[float]]
+    seeds: list[int]
+    files: list[str]
+
+
+def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int) -> list[Job]:
+    """All folders and files to write, in order."""
+    import numpy as np
+
+    from flowlet.guidance import get_ablation
+    from flowlet.sampling import sample_seeds
+
+    jobs = []
+    if args.ages_linspace is not None:
+        lo, hi, n = args.ages_linspace
+        if n != int(n) or n < 1 or not lo < hi:
+            raise ValueError(f"--ages-linspace: need MIN < MAX and a positive integer N, got {lo} {hi} {n}")
+        n = int(n)
+        if "Age" not in bundle.condition_ranges:
+            raise ValueError(
+                f"--ages-linspace needs an 'Age' condition range; the checkpoint has {sorted(bundle.condition_ranges)}"
+            )
+        ages = [float(a) for a in np.linspace(lo, hi, n)]  # as the official generate_linear
+        width = len(str(n - 1))
+        for name in ablations:
+            tag = f"{args.filename_prefix}_{get_ablation(name).suffix}"
+            folder = f"{tag}_AgeLin_{lo:.1f}-{hi:.1f}_N{n}_Steps{steps}"
+            files = [f"{folder}/{tag}_AGE_{a:.2f}_sample_{i:0{width}d}.nii.gz" for i, a in enumerate(ages)]
+            jobs.append(Job(name, {"Age": ages}, sample_seeds(args.seed, n), files))
+        return jobs
+    if args.num_synthetic < 1:
+        raise ValueError(f"--num_synthetic must be >= 1, got {args.num_synthetic}")
+    known = set(bundle.model_config.condition_names)
+    seeds = sample_seeds(args.seed, args.num_synthetic)
+    for group in parse_condition_items(args.generation_conditions):
+        dropped = sorted(set(group) - known)
+        if dropped:
+            logger.warning(
+                "conditions %s are not model conditions %s and are dropped", dropped, sorted(known)
+            )
+        group = {k: v for k, v in group.items() if k in known}
+        if not group and known:
+            raise ValueError(f"--generation_conditions: no item names a model condition {sorted(known)}")
+        folder = condition_folder(group) or "unconditional"
+        for name in ablations:
+            base = folder if ablations == ["baseline"] else f"{get_ablation(name).suffix}/{folder}"
+            files = [f"{base}/FlowLet_synthetic_brain_{i}.nii.gz" for i in range(args.num_synthetic)]
+            jobs.append(Job(name, {k: [v] * args.num_synthetic for k, v in group.items()}, seeds, files))
+    return jobs
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Load the checkpoint, generate every job and write the volumes and ``generation.json``."""
+    import numpy as np
+
+    from flowlet import __version__
+    from flowlet.checkpoint import load_bundle
+    from flowlet.data.io import resolve_inside, write_json_atomic
+    from flowlet.data.nifti import save_volume
+    from flowlet.sampling import decode_and_export, iter_generate, resolve_affine
+
+    if args.model_input_size is not None:
+        logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
+    bundle = load_bundle(
+        args.checkpoint_path, config_path=args.config_path, condition_ranges_path=args.condition_ranges_path
+    )
+    base_config = resolve_sampling(args, bundle)
+    save_size = tuple(args.save_size or bundle.save_size or (91, 109, 91))
+    affine = resolve_affine(args.affine, save_size, bundle.affine)
+    jobs = plan_jobs(args, bundle, _ablations(args.ablation), base_config.num_steps)
+    out_dir = Path(args.output_dir)
+    records = []
+    for job in jobs:
+        config = dataclasses.replace(base_config, ablation=job.ablation)
+        logger.info("%s: %d samples with %s", Path(job.files[0]).parent, len(job.files), config)
+        for batch in iter_generate(bundle, job.conditions, job.seeds, config, progress=not args.no_progress):
+            volumes = decode_and_export(batch.wavelets, save_size, clamp=config.clamp)
+            for vol, i in zip(volumes, batch.indices):
+                save_volume(resolve_inside(out_dir, job.files[i]), vol, affine)
+                conds = {k: v[i] for k, v in job.conditions.items()}
+                records.append(
+                    {
+                        "file": job.files[i],
+                        "seed": job.seeds[i],
+                        "sample_index": i,
+                        "ablation": job.ablation,
+                        "conditions": conds,
+                    }
+                )
+    meta = {
+        "toolkit_version": __version__,
+        "command": ["flowlet-generate", *sys.argv[1:]]
+        if args.argv is None
+        else ["flowlet-generate", *args.argv],
+        "checkpoint": str(args.checkpoint_path),
+        "checkpoint_sha256": bundle.provenance.get("checkpoint_sha256"),
+        "source_format": bundle.source_format,
+        "model_input_size": list(bundle.model_input_size),
+        "condition_ranges": {k: list(v) for k, v in bundle.condition_ranges.items()},
+        "sampling": dataclasses.asdict(base_config),
+        "ablations": _ablations(args.ablation),
+        "seed": args.seed,
+        "seed_rule": "sample i uses torch.Generator().manual_seed(flowlet.sampling.sample_seed(seed, i)) on the CPU",
+        "save_size": list(save_size),
+        "affine_kind": args.affine,
+        "affine": np.asarray(affine).tolist(),
+        "outputs": records,
+    }
+    write_json_atomic(out_dir / "generation.json", meta)
+    logger.info("wrote %d volumes and generation.json to %s", len(records), out_dir)
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as exc:  # CheckpointError and NiftiError are ValueErrors
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
