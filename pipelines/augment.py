@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 logger = logging.getLogger("flowlet.augment")
@@ -95,77 +95,107 @@ def resolve_checkpoint(name: str) -> Path:
     return path
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Everything an augmentation needs besides the real ages (the CLI flags, as a config)."""
+
+    checkpoint: str
+    out: str
+    target_hist: str = "uniform"
+    bin_width: float = 5.0
+    bins: tuple[float, ...] | None = None
+    synthetic_ratio: float | None = None
+    max_synthetic: int | None = None
+    min_per_bin: int = 0
+    allow_extrapolation: bool = False
+    seed: int = 0
+    solver: str = "heun"
+    steps: int = 10
+    guidance_scale: float = 1.0
+    batch_size: int = 8
+    save_size: tuple[int, int, int] | None = None
+    affine: str = "mni"
+    shard: str = "0/1"
+    device: str = "auto"
+    config_path: str | None = None
+    condition_ranges_path: str | None = None
+    progress: bool = True
+
+
+def plan_augmentation(real_ages, options: AugmentOptions):
+    """The plan for ``real_ages`` (years) under ``options``."""
+    from flowlet.augment.plan import age_bins, make_plan
+    from flowlet.augment.targets import parse_target
+
+    edges = age_bins(real_ages, bin_width=options.bin_width, edges=options.bins)
+    target = parse_target(options.target_hist, edges)
+    if target.edges is not None:
+        edges = target.edges
+    return make_plan(
+        real_ages,
+        edges,
+        target.proportions,
+        target=options.target_hist,
+        synthetic_ratio=options.synthetic_ratio,
+        max_synthetic=options.max_synthetic,
+        min_per_bin=options.min_per_bin,
+        target_counts=target.counts,
+    )
+
+
+def augment(real_ages, options: AugmentOptions):
+    """Plan and generate; returns ``(plan, AugmentResult)``. Reruns resume (see ``flowlet.augment.writer``)."""
     import numpy as np
 
     from flowlet.augment.figures import plot_histograms
-    from flowlet.augment.plan import age_bins, draw_ages, make_plan
-    from flowlet.augment.targets import parse_target
+    from flowlet.augment.plan import draw_ages
     from flowlet.augment.writer import parse_shard, sample_table, sha256_file, write_augmentation
     from flowlet.checkpoint import load_bundle
-    from flowlet.data.cohort import load_cohort
     from flowlet.sampling import SamplingConfig, resolve_affine
 
-    shard = parse_shard(args.shard)
-    cohort = load_cohort(args.real)
-    ages = cohort.ages
-    edges = age_bins(ages, bin_width=args.bin_width, edges=args.bins)
-    target = parse_target(args.target_hist, edges)
-    if target.edges is not None:
-        edges = target.edges
-    plan = make_plan(
-        ages,
-        edges,
-        target.proportions,
-        target=args.target_hist,
-        synthetic_ratio=args.synthetic_ratio,
-        max_synthetic=args.max_synthetic,
-        min_per_bin=args.min_per_bin,
-        target_counts=target.counts,
+    shard = parse_shard(options.shard)
+    plan = plan_augmentation(real_ages, options)
+    ckpt = resolve_checkpoint(options.checkpoint)
+    bundle = load_bundle(
+        ckpt, config_path=options.config_path, condition_ranges_path=options.condition_ranges_path
     )
-    print(plan.table.to_string(index=False))
-    print(f"synthetic brains: {plan.budget}; combined max/min bin ratio: {plan.max_min_ratio():.3f}")
-    if args.dry_run:
-        return 0
-
-    ckpt = resolve_checkpoint(args.checkpoint)
-    bundle = load_bundle(ckpt, config_path=args.config_path, condition_ranges_path=args.condition_ranges_path)
-    age_range = bundle.condition_ranges.get("Age")
-    rng = np.random.default_rng(np.random.SeedSequence([args.seed, 0xA6E]))
-    synthetic_ages = draw_ages(plan, rng, age_range=age_range, allow_extrapolation=args.allow_extrapolation)
-    samples = sample_table(plan, synthetic_ages, seed=args.seed, solver=args.solver, steps=args.steps)
-    save_size = tuple(args.save_size or bundle.save_size or bundle.model_input_size)
-    affine = resolve_affine(args.affine, save_size, bundle.affine)
-    device = _device(args.device)
+    rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xA6E]))
+    ages = draw_ages(
+        plan,
+        rng,
+        age_range=bundle.condition_ranges.get("Age"),
+        allow_extrapolation=options.allow_extrapolation,
+    )
+    samples = sample_table(plan, ages, seed=options.seed, solver=options.solver, steps=options.steps)
+    save_size = tuple(options.save_size or bundle.save_size or bundle.model_input_size)
+    affine = resolve_affine(options.affine, save_size, bundle.affine)
+    device = _device(options.device)
     sampling = SamplingConfig(
-        solver=args.solver,
-        num_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        batch_size=args.batch_size,
+        solver=options.solver,
+        num_steps=options.steps,
+        guidance_scale=options.guidance_scale,
+        batch_size=options.batch_size,
         device=device,
         autocast_dtype="bf16" if device.startswith("cuda") else None,
     )
-    settings = {
-        k: v for k, v in asdict(sampling).items() if k not in {"batch_size", "device", "autocast_dtype"}
-    }
     generated_by = {
         "Description": "synthetic brains generated to reach a target age histogram",
         "Checkpoint": ckpt.name,
         "CheckpointSHA256": sha256_file(ckpt),
         "Config": {
-            "target_hist": args.target_hist,
-            "bin_edges": [float(e) for e in edges],
-            "seed": args.seed,
-            "synthetic_ratio": args.synthetic_ratio,
-            "max_synthetic": args.max_synthetic,
-            "min_per_bin": args.min_per_bin,
+            "target_hist": options.target_hist,
+            "bin_edges": [float(e) for e in plan.edges],
+            "seed": options.seed,
+            "synthetic_ratio": options.synthetic_ratio,
+            "max_synthetic": options.max_synthetic,
+            "min_per_bin": options.min_per_bin,
             "save_size": list(save_size),
-            "affine": args.affine,
-            "sampling": settings,
+            "affine": options.affine,
+            "sampling": {k: v for k, v in asdict(sampling).items() if k not in {"device", "autocast_dtype"}},
         },
     }
     result = write_augmentation(
-        args.out,
+        options.out,
         bundle,
         plan,
         samples,
@@ -174,9 +204,45 @@ def run(args: argparse.Namespace) -> int:
         affine=affine,
         generated_by=generated_by,
         shard=shard,
+        progress=options.progress,
+    )
+    plot_histograms(plan, Path(options.out) / "age_histograms.png")
+    return plan, result
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowlet.data.cohort import load_cohort
+
+    options = AugmentOptions(
+        checkpoint=args.checkpoint,
+        out=args.out,
+        target_hist=args.target_hist,
+        bin_width=args.bin_width,
+        bins=tuple(args.bins) if args.bins else None,
+        synthetic_ratio=args.synthetic_ratio,
+        max_synthetic=args.max_synthetic,
+        min_per_bin=args.min_per_bin,
+        allow_extrapolation=args.allow_extrapolation,
+        seed=args.seed,
+        solver=args.solver,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        batch_size=args.batch_size,
+        save_size=tuple(args.save_size) if args.save_size else None,
+        affine=args.affine,
+        shard=args.shard,
+        device=args.device,
+        config_path=args.config_path,
+        condition_ranges_path=args.condition_ranges_path,
         progress=not args.no_progress,
     )
-    plot_histograms(plan, Path(args.out) / "age_histograms.png")
+    ages = load_cohort(args.real).ages
+    plan = plan_augmentation(ages, options)
+    print(plan.table.to_string(index=False))
+    print(f"synthetic brains: {plan.budget}; combined max/min bin ratio: {plan.max_min_ratio():.3f}")
+    if args.dry_run:
+        return 0
+    _, result = augment(ages, options)
     print(
         f"wrote {result.generated} brains ({result.skipped} already complete) of {result.total} to {result.out_dir}"
     )

@@ -125,5 +125,5 @@ def test_bad_inputs_are_named(tiny_cohort, tiny_checkpoint, tmp_path, capsys):
     assert "none.pt" in capsys.readouterr().err
     assert main(_args(tiny_cohort, tiny_checkpoint, tmp_path / "o", "--shard", "3/2")) == 2
     assert "--shard" in capsys.readouterr().err
-    assert main(_args(tiny_cohort, tiny_checkpoint, tmp_path / "o", "--bins", "90", "100", "110")) == 2
+    assert main(_args(tiny_cohort, tiny_checkpoint, tmp_path / "o", "--bins", "90", "100", "110", "--synthetic-ratio", "1")) == 2
     assert "allow-extrapolation" in capsys.readouterr().err
