@@ -92,7 +92,11 @@ def mni_grid(voxel_size: float = 2.0) -> Grid:
 
 
 def same_grid(
-    affine_a: np.ndarray, shape_a: tuple[int, ...], affine_b: np.ndarray, shape_b: tuple[int, ...], atol: float = 1e-3
+    affine_a: np.ndarray,
+    shape_a: tuple[int, ...],
+    affine_b: np.ndarray,
+    shape_b: tuple[int, ...],
+    atol: float = 1e-3,
 ) -> bool:
     """True when two (affine, shape) pairs describe the same voxel grid within ``atol`` mm."""
     if tuple(int(s) for s in shape_a[:3]) != tuple(int(s) for s in shape_b[:3]):
@@ -138,12 +142,21 @@ def resample_array(
     return np.stack(channels, axis=-1)
 
 
-def _affine_resample(data: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int], order: int) -> np.ndarray:
+def _affine_resample(
+    data: np.ndarray, matrix: np.ndarray, shape: tuple[int, int, int], order: int
+) -> np.ndarray:
     if np.allclose(matrix, np.eye(4)) and data.shape == shape:
         return data.copy()
     out = ndimage.affine_transform(
-        data, matrix[:3, :3], offset=matrix[:3, 3], output_shape=shape, order=order, mode="constant",
-        cval=0, prefilter=False, output=data.dtype,
+        data,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=shape,
+        order=order,
+        mode="constant",
+        cval=0,
+        prefilter=False,
+        output=data.dtype,
     )
     return out
 
