@@ -1,0 +1,1 @@
+"""Defaults of ``flowlet-eval`` (``configs/eval/default.yaml``)."""

@@ -1,0 +1,162 @@
+import json
+
+import pandas as pd
+import pytest
+
+from pipelines.evaluate import main
+
+
+def test_help_has_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "flowlet-eval regions" in capsys.readouterr().out
+
+
+def _custom_atlas(phantoms_4mm) -> list[str]:
+    """The first subject's warped label map and the cohort's dseg.tsv, used as a custom atlas."""
+    first = sorted(phantoms_4mm.glob("sub-*/anat/*_dseg.nii.gz"))[0]
+    return ["--atlas-image", str(first), "--atlas-table", str(phantoms_4mm / "dseg.tsv")]
+
+
+def test_every_subcommand_runs_on_tiny_data(phantoms_4mm, tmp_path):
+    """Fast smoke test: custom atlas, no registration, two images per set."""
+    args = ["--voxel-size", "4", "--no-progress", "--registration", "none", *_custom_atlas(phantoms_4mm)]
+    assert (
+        main(["regions", "--cohort", str(phantoms_4mm), "--out", str(tmp_path / "r"), "--limit", "2", *args])
+        == 0
+    )
+    volumes = pd.read_csv(tmp_path / "r" / "volumes.tsv", sep="\t")
+    assert volumes["image_id"].nunique() == 2 and "lateral-ventricles" in set(volumes["region"])
+    cohort = str(phantoms_4mm)
+    assert (
+        main(
+            [
+                "quality",
+                "--real",
+                cohort,
+                "--synthetic",
+                cohort,
+                "--out",
+                str(tmp_path / "q"),
+                "--limit",
+                "2",
+                *args,
+            ]
+        )
+        == 0
+    )
+    rows = pd.read_csv(tmp_path / "q" / "roi_pairs.csv")
+    assert rows["dice"].dropna().eq(1.0).all()  # a set compared with itself
+    assert (
+        main(
+            [
+                "privacy",
+                "--train",
+                cohort,
+                "--holdout",
+                cohort,
+                "--synthetic",
+                cohort,
+                "--out",
+                str(tmp_path / "p"),
+                "--limit",
+                "2",
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["tables", "--inputs", str(tmp_path / "q"), str(tmp_path / "p"), "--out", str(tmp_path / "t")])
+        == 0
+    )
+    assert (tmp_path / "t" / "roi_global.tex").is_file()
+
+
+@pytest.mark.slow
+def test_regions_quality_privacy_tables_end_to_end(phantoms_4mm, tmp_path):
+    regions = tmp_path / "regions"
+    args = ["--voxel-size", "4", "--no-progress"]
+    assert main(["regions", "--cohort", str(phantoms_4mm), "--out", str(regions), "--limit", "3", *args]) == 0
+    volumes = pd.read_csv(regions / "volumes.tsv", sep="\t")
+    assert volumes["image_id"].nunique() == 3
+    assert {"lateral-ventricles", "whole-brain"} <= set(volumes["region"])
+    for name in (
+        "region_volumes.csv",
+        "region_volumes.md",
+        "region_volumes.tex",
+        "volume_vs_age.png",
+        "config.yaml",
+        "truth_agreement.csv",
+    ):
+        assert (regions / name).is_file(), name
+    summary = json.loads((regions / "summary.json").read_text())
+    assert summary["n_images"] == 3 and "lateral-ventricles" in summary["truth"]
+
+    table = pd.read_csv(phantoms_4mm / "participants.tsv", sep="\t")
+    anat = [phantoms_4mm / p / "anat" / f"{p}_T1w.nii.gz" for p in table["participant_id"]]
+    cohort = pd.DataFrame(
+        {"subject_id": table["participant_id"], "path": [str(a) for a in anat], "age": table["age"]}
+    )
+    cohort.iloc[:3].to_csv(tmp_path / "real.tsv", sep="\t", index=False)
+    cohort.iloc[6:9].to_csv(tmp_path / "synth.tsv", sep="\t", index=False)
+    quality = tmp_path / "quality"
+    assert (
+        main(
+            [
+                "quality",
+                "--real",
+                str(tmp_path / "real.tsv"),
+                "--synthetic",
+                str(tmp_path / "synth.tsv"),
+                "--out",
+                str(quality),
+                "--registration",
+                "none",
+                *args,
+            ]
+        )
+        == 0
+    )
+    rows = pd.read_csv(quality / "roi_pairs.csv")
+    assert rows["pair"].nunique() == 3 and rows["dice"].between(0, 1).all()
+    assert (quality / "roi_global.tex").is_file() and (quality / "image_metrics.md").is_file()
+
+    privacy = tmp_path / "privacy"
+    assert (
+        main(
+            [
+                "privacy",
+                "--train",
+                str(tmp_path / "real.tsv"),
+                "--holdout",
+                str(tmp_path / "synth.tsv"),
+                "--synthetic",
+                str(tmp_path / "real.tsv"),
+                "--out",
+                str(privacy),
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((privacy / "summary.json").read_text())["flag_rate"] == 1.0  # exact copies of training
+
+    out = tmp_path / "tables"
+    assert (
+        main(
+            ["tables", "--inputs", str(quality), str(privacy), "--names", "model", "audit", "--out", str(out)]
+        )
+        == 0
+    )
+    assert "model" in (out / "roi_global.md").read_text()
+    assert (out / "privacy.csv").is_file()
+
+
+def test_bad_config_key_is_reported(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("atlas:\n  nmae: aal\n")
+    assert (
+        main(["regions", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    )
+    assert "nmae" in caplog.text
