@@ -45,12 +45,15 @@ class Stage:
         run: ``run(context) -> dict`` with JSON-serialisable outputs (paths relative to the study folder).
         depends: names of the stages whose results it reads.
         config_sections: configuration sections hashed into its key.
+        fingerprint: optional ``() -> str`` hashed into its key too, for inputs that live outside the
+            configuration (e.g. the files of a user's cohort).
     """
 
     name: str
     run: Callable[[StageContext], dict[str, Any]]
     depends: tuple[str, ...] = ()
     config_sections: tuple[str, ...] = ()
+    fingerprint: Callable[[], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def stage_key(stage: Stage, config: Mapping[str, Any], upstream_keys: Sequence[s
         "config": {section: config.get(section) for section in stage.config_sections},
         "upstream": list(upstream_keys),
         "version": __version__,
+        "inputs": stage.fingerprint() if stage.fingerprint is not None else None,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

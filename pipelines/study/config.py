@@ -1,0 +1,206 @@
+"""The study configuration: frozen dataclasses read from ``configs/study/<name>.yaml`` with ``yaml.safe_load``.
+
+Sections: ``cohort`` (phantoms or a path), ``split``, ``generator`` (checkpoint or training config), ``augment``,
+``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["StudyConfig", "StudyConfigError", "load_study_config", "study_config_from_dict"]
+
+
+class StudyConfigError(ValueError):
+    """The study configuration is invalid; the message names the file, section and key."""
+
+
+@dataclass(frozen=True)
+class PhantomSection:
+    n: int = 200
+    voxel_size: int = 4
+    age_hist: str = "skewed"
+    sites: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CohortSection:
+    """Either ``path`` (anything ``flowlet.data.load_cohort`` reads) or ``phantoms`` (generated)."""
+
+    path: str | None = None
+    phantoms: PhantomSection | None = None
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    """Subject-level split shared by every stage (FlowLet and augmentation see only ``train``)."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    age_bin_width: float = 10.0
+    stratify_site: bool = True
+
+
+@dataclass(frozen=True)
+class GeneratorSection:
+    """A checkpoint (``demo`` = the shipped 4 mm model, or a file) or a training config to run on the train split."""
+
+    checkpoint: str | None = "demo"
+    train_config: str | None = None
+    train_overrides: tuple[str, ...] = ()
+    config_path: str | None = None
+    condition_ranges_path: str | None = None
+
+
+@dataclass(frozen=True)
+class AugmentSection:
+    target_hist: str = "uniform"
+    bin_width: float = 10.0
+    synthetic_ratio: float | None = 1.0
+    max_synthetic: int | None = None
+    min_per_bin: int = 0
+    allow_extrapolation: bool = False
+    seed: int = 0
+    solver: str = "heun"
+    steps: int = 10
+    guidance_scale: float = 1.0
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class BapSection:
+    """Brain-age comparison: a packaged ``configs/bap`` name or a YAML path, ratios and seeds."""
+
+    config: str = "demo"
+    ratios: tuple[float, ...] = (0.0, 0.5, 1.0)
+    seeds: int = 2
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    atlas: str = "harvard-oxford"
+    registration: str = "demons"
+    key_regions: tuple[str, ...] = ("lateral ventricles", "hippocampus", "total grey matter")
+    quality: bool = True
+    privacy: bool = True
+    max_images: int = 400
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    title: str = "FlowLet augmentation study"
+    montage_ages: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    cohort: CohortSection = field(default_factory=CohortSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    generator: GeneratorSection = field(default_factory=GeneratorSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    bap: BapSection = field(default_factory=BapSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    report: ReportSection = field(default_factory=ReportSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise StudyConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise StudyConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StudyConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise StudyConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise StudyConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise StudyConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> StudyConfig:
+    config = _build(StudyConfig, raw, source)
+    if (config.cohort.path is None) == (config.cohort.phantoms is None):
+        raise StudyConfigError(f"{source}: cohort needs exactly one of 'path' or 'phantoms'")
+    if (config.generator.checkpoint is None) == (config.generator.train_config is None):
+        raise StudyConfigError(f"{source}: generator needs exactly one of 'checkpoint' or 'train_config'")
+    if abs(sum(config.split.fractions) - 1.0) > 1e-6 or len(config.split.fractions) != 3:
+        raise StudyConfigError(f"{source}: split.fractions must be three numbers summing to 1")
+    if not config.bap.ratios:
+        raise StudyConfigError(f"{source}: bap.ratios must list at least one ratio")
+    ratio = config.augment.synthetic_ratio
+    if ratio is not None and max(config.bap.ratios) > ratio + 1e-9:
+        raise StudyConfigError(
+            f"{source}: bap.ratios go up to {max(config.bap.ratios):g} but augment.synthetic_ratio is {ratio:g}; "
+            "the augmentation must make at least as many synthetic brains as the largest BAP ratio uses"
+        )
+    return config
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyConfigError(f"{path}: study config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return study_config_from_dict(raw or {}, source=str(path))

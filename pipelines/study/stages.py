@@ -1,0 +1,304 @@
+"""The study's stages. Each reads earlier results from the study folder and writes into its own folder.
+
+Paths recorded in a stage's outputs are relative to the study folder, so a study folder can be moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flowlet.data import keys
+from flowlet.data.io import write_table_atomic
+from pipelines.study.config import StudyConfig
+from pipelines.study.runner import Stage, StageContext
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("cohort", "split", "generator", "augment", "bap", "eval", "report")
+
+
+def _rel(ctx: StageContext, path: Path) -> str:
+    return str(Path(path).resolve().relative_to(ctx.study_dir.resolve()))
+
+
+def _abs(ctx: StageContext, relative: str) -> Path:
+    return ctx.study_dir / relative
+
+
+def cohort_fingerprint(path: str) -> str:
+    """Hash of a user's cohort: its table (paths, ages, ...) and each image's size and modification time."""
+    from flowlet.data.cohort import load_cohort
+
+    table = load_cohort(path).table
+    digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    for image in table[keys.PATH]:
+        stat = Path(image).stat()
+        digest.update(f"{image}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def run_cohort(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    from flowlet.data.cohort import load_cohort
+
+    section = config.cohort
+    if section.phantoms is not None:
+        from flowlet.data.phantom import write_phantom_cohort
+
+        p = section.phantoms
+        folder = ctx.stage_dir / "data"
+        write_phantom_cohort(
+            folder, p.n, age_hist=p.age_hist, voxel_size=p.voxel_size, sites=p.sites, seed=p.seed
+        )
+        cohort = load_cohort(folder)
+        return {"cohort": _rel(ctx, folder), "n_scans": len(cohort), "phantom": True}
+    cohort = load_cohort(section.path)
+    return {"cohort": str(Path(section.path).resolve()), "n_scans": len(cohort), "phantom": False}
+
+
+def cohort_location(ctx: StageContext) -> Path:
+    value = ctx.results["cohort"].outputs["cohort"]
+    path = Path(value)
+    return path if path.is_absolute() else _abs(ctx, value)
+
+
+def run_split(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    from flowlet.data.cohort import load_cohort
+    from flowlet.data.splits import split_subjects
+
+    cohort = load_cohort(cohort_location(ctx))
+    s = config.split
+    fractions = dict(zip(("train", "val", "test"), s.fractions))
+    split = split_subjects(
+        cohort.table, fractions, seed=s.seed, age_bin_width=s.age_bin_width, stratify_site=s.stratify_site
+    )
+    table = cohort.table.assign(**{keys.SPLIT: split.to_numpy()})
+    path = write_table_atomic(ctx.stage_dir / "split.tsv", table)
+    counts = table.groupby(keys.SPLIT)[keys.SUBJECT_ID].nunique().to_dict()
+    return {"split": _rel(ctx, path), "subjects": {k: int(v) for k, v in counts.items()}}
+
+
+def split_table(ctx: StageContext) -> pd.DataFrame:
+    """The real cohort with its ``split`` column (read back through the cohort reader, which validates it)."""
+    from flowlet.data.cohort import load_cohort
+
+    return load_cohort(_abs(ctx, ctx.results["split"].outputs["split"])).table
+
+
+def run_generator(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    from flowlet.augment.writer import sha256_file
+    from pipelines.augment import resolve_checkpoint
+
+    g = config.generator
+    if g.checkpoint is not None:
+        path = resolve_checkpoint(g.checkpoint)
+        return {
+            "checkpoint": str(path.resolve()),
+            "sha256": sha256_file(path),
+            "trained": False,
+            "config_path": g.config_path,
+            "condition_ranges_path": g.condition_ranges_path,
+        }
+    path = train_generator(ctx, config)
+    return {
+        "checkpoint": _rel(ctx, path),
+        "sha256": sha256_file(path),
+        "trained": True,
+        "config_path": None,
+        "condition_ranges_path": None,
+    }
+
+
+def train_generator(ctx: StageContext, config: StudyConfig) -> Path:
+    """Train FlowLet on the training split only (validation subjects come from the same split)."""
+    from pipelines.train import train_on_table
+
+    table = split_table(ctx)
+    train_rows = table[table[keys.SPLIT].isin(["train"])]
+    return train_on_table(
+        train_rows,
+        config.generator.train_config,
+        ctx.stage_dir / "run",
+        overrides=config.generator.train_overrides,
+    )
+
+
+def checkpoint_location(ctx: StageContext) -> Path:
+    value = ctx.results["generator"].outputs["checkpoint"]
+    path = Path(value)
+    return path if path.is_absolute() else _abs(ctx, value)
+
+
+def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    from pipelines.augment import AugmentOptions, augment
+
+    a = config.augment
+    table = split_table(ctx)
+    train_ages = table.loc[table[keys.SPLIT] == "train", keys.AGE].to_numpy(dtype=float)
+    generator = ctx.results["generator"].outputs
+    folder = ctx.stage_dir / "synthetic"
+    options = AugmentOptions(
+        checkpoint=str(checkpoint_location(ctx)),
+        out=str(folder),
+        target_hist=a.target_hist,
+        bin_width=a.bin_width,
+        synthetic_ratio=a.synthetic_ratio,
+        max_synthetic=a.max_synthetic,
+        min_per_bin=a.min_per_bin,
+        allow_extrapolation=a.allow_extrapolation,
+        seed=a.seed,
+        solver=a.solver,
+        steps=a.steps,
+        guidance_scale=a.guidance_scale,
+        batch_size=a.batch_size,
+        config_path=generator.get("config_path"),
+        condition_ranges_path=generator.get("condition_ranges_path"),
+    )
+    plan, result = augment(train_ages, options)
+    return {
+        "synthetic": _rel(ctx, folder),
+        "n_synthetic": int(plan.budget),
+        "max_min_ratio": plan.max_min_ratio(),
+        "generated": result.generated,
+    }
+
+
+def load_bap_config(name: str, overrides: dict[str, Any]):
+    """A packaged ``configs/bap`` name or a YAML path, with section overrides applied."""
+    from bap.config import load_config, replace
+    from configs import config_path
+
+    path = Path(name)
+    config = load_config(path if path.suffix in {".yaml", ".yml"} else config_path("bap", name))
+    return replace(config, **overrides) if overrides else config
+
+
+def run_bap(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    from bap.compare import run_comparison
+    from bap.config import replace
+    from flowlet.data.cohort import load_cohort
+
+    b = config.bap
+    bap_config = replace(load_bap_config(b.config, b.overrides), data={"split_column": keys.SPLIT})
+    real = split_table(ctx)
+    synthetic = None
+    if any(r > 0 for r in b.ratios):
+        synthetic = load_cohort(_abs(ctx, ctx.results["augment"].outputs["synthetic"])).table
+    result = run_comparison(
+        bap_config, real, ctx.stage_dir, ratios=list(b.ratios), n_seeds=b.seeds, synthetic=synthetic
+    )
+    return {
+        "summary": _rel(ctx, ctx.stage_dir / "comparison.csv"),
+        "bins": _rel(ctx, ctx.stage_dir / "comparison_bins.csv"),
+        "predictions": _rel(ctx, ctx.stage_dir / "test_predictions.csv"),
+        "figure": _rel(ctx, ctx.stage_dir / "comparison_bins.png"),
+        "n_test_scans": int(
+            result.predictions[[keys.SUBJECT_ID, keys.SESSION_ID]].drop_duplicates().shape[0]
+        ),
+    }
+
+
+def _voxel_size(table: pd.DataFrame) -> float:
+    from flowlet.data.cohort import read_image
+
+    zooms = np.abs(np.diag(read_image(table[keys.PATH].iloc[0]).affine)[:3])
+    return float(np.round(zooms.mean(), 3))
+
+
+def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    """Region fidelity (quality) and the memorisation audit (privacy) through ``flowlet-eval``.
+
+    Real reference = the training split (what the synthetic brains were generated to resemble); the privacy
+    audit's held-out baseline = the test split.
+    """
+    from pipelines.evaluate import main as evaluate
+
+    e = config.eval
+    table = split_table(ctx)
+    columns = [c for c in keys.COHORT_COLUMNS if c in table.columns]
+    real_train = write_table_atomic(
+        ctx.stage_dir / "real_train.tsv", table.loc[table[keys.SPLIT] == "train", columns]
+    )
+    real_test = write_table_atomic(
+        ctx.stage_dir / "real_test.tsv", table.loc[table[keys.SPLIT] == "test", columns]
+    )
+    synthetic = str(_abs(ctx, ctx.results["augment"].outputs["synthetic"]))
+    common = [
+        "--atlas",
+        e.atlas,
+        "--voxel-size",
+        f"{_voxel_size(table):g}",
+        "--limit",
+        str(e.max_images),
+        "--registration",
+        e.registration,
+        "--no-progress",
+    ]
+    outputs: dict[str, Any] = {}
+    if e.quality:
+        folder = ctx.stage_dir / "quality"
+        code = evaluate(
+            ["quality", "--real", str(real_train), "--synthetic", synthetic, "--out", str(folder), *common]
+        )
+        if code != 0:
+            raise RuntimeError(f"flowlet-eval quality failed with exit code {code}")
+        outputs["quality"] = _rel(ctx, folder)
+    if e.privacy:
+        folder = ctx.stage_dir / "privacy"
+        code = evaluate(
+            [
+                "privacy",
+                "--train",
+                str(real_train),
+                "--holdout",
+                str(real_test),
+                "--synthetic",
+                synthetic,
+                "--out",
+                str(folder),
+                *common,
+            ]
+        )
+        if code != 0:
+            raise RuntimeError(f"flowlet-eval privacy failed with exit code {code}")
+        outputs["privacy"] = _rel(ctx, folder)
+    return outputs
+
+
+def build_stages(config: StudyConfig) -> list[Stage]:
+    """The study's stages in order, each bound to ``config``."""
+
+    def bind(fn):
+        return lambda ctx: fn(ctx, config)
+
+    fingerprint = None
+    if config.cohort.path is not None:
+        path = config.cohort.path
+
+        def fingerprint() -> str:
+            return cohort_fingerprint(path)
+
+    stages = [
+        Stage("cohort", bind(run_cohort), config_sections=("cohort",), fingerprint=fingerprint),
+        Stage("split", bind(run_split), depends=("cohort",), config_sections=("split",)),
+        Stage("generator", bind(run_generator), depends=("split",), config_sections=("generator",)),
+        Stage("augment", bind(run_augment), depends=("split", "generator"), config_sections=("augment",)),
+    ]
+    stages.append(Stage("bap", bind(run_bap), depends=("split", "augment"), config_sections=("bap",)))
+    stages.append(Stage("eval", bind(run_eval), depends=("split", "augment"), config_sections=("eval",)))
+    from pipelines.study.report import run_report
+
+    stages.append(
+        Stage(
+            "report",
+            bind(run_report),
+            depends=("cohort", "split", "generator", "augment", "bap", "eval"),
+            config_sections=("report",),
+        )
+    )
+    return stages
