@@ -1,0 +1,415 @@
+"""Brain-age training loop: early stopping on the real validation MAE, exact resume, DDP, bf16 on CUDA.
+
+Run folder layout (only rank 0 writes)::
+
+    config.yaml        resolved configuration
+    metrics.csv        one row per epoch (train loss/MAE, validation MAE, learning rate, seconds)
+    best.pt            best-validation model (+ normalisation, split, bias correction)
+    last.pt            resume state (weights, optimiser, scheduler, epoch, RNG states, history)
+    predictions.csv    subject_id, session_id, age, pred, pred_corrected, split, source
+    summary.json       metrics per split, bias correction, best epoch
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from the environment (NCCL on CUDA, gloo
+on CPU) and a ``DistributedSampler`` shards the training set; every rank evaluates the full validation set, so
+early-stopping decisions agree without communication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from bap import metrics
+from bap.checkpoint import (
+    build_from_checkpoint,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from bap.config import BapConfig, config_to_dict
+from bap.data import SOURCE, AgeDataset, PreparedData
+from bap.models import build_model
+from flowlet.data import keys
+from flowlet.data.io import write_json_atomic, write_table_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "train"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask cuDNN for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (third-party code may still use the global generator)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+class AgeObjective(nn.Module):
+    """Model + loss in one module, so that DDP sees one forward per step.
+
+    ``forward(x, age)`` returns ``(loss, pred)`` with ``loss`` a scalar and ``pred`` ``(B,)`` ages.
+    """
+
+    def __init__(self, model: nn.Module, loss: str) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.loss == "sfcn_kl":
+            log_probs = self.model.log_probs(x)
+            return self.model.kl_loss(log_probs, age), self.model.expected_age(log_probs)
+        pred = self.model(x).float()
+        return torch.mean(torch.abs(pred - age)), pred
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run returns (all of it is also on disk in ``run_dir``)."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val_mae: float
+    predictions: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+) -> np.ndarray:
+    """Predict ages for normalised images ``(N, X, Y, Z)`` -> ``(N,)`` float64 years (eval mode)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])[:, None]).to(device)
+        with _autocast(device, bf16):
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _optimizer(cfg: BapConfig, params: Any) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _scheduler(cfg: BapConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    t = cfg.train
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.eta_min)
+    if t.schedule == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=t.t_0, T_mult=t.t_mult, eta_min=t.eta_min
+        )
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
+
+
+def _model_kwargs(cfg: BapConfig, train_ages: np.ndarray) -> dict[str, Any]:
+    std = float(train_ages.std()) if train_ages.size > 1 else 1.0
+    standardise = cfg.model.standardise_target
+    margin = cfg.model.sfcn_margin_years
+    return {
+        "age_mean": float(train_ages.mean()) if standardise else 0.0,
+        "age_std": max(std, 1.0) if standardise else 1.0,
+        "age_range": [float(np.floor(train_ages.min() - margin)), float(np.ceil(train_ages.max() + margin))],
+        "options": dict(cfg.model.options),
+    }
+
+
+def _split_info(data: PreparedData) -> dict[str, Any]:
+    table = data.table
+    info: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        rows = table[(table[keys.SPLIT] == split) & (table[SOURCE] == "real")]
+        info[split] = sorted(set(rows[keys.SUBJECT_ID].astype(str)))
+    info["n_synthetic_train"] = int((table[SOURCE] != "real").sum())
+    return info
+
+
+def train(
+    cfg: BapConfig,
+    data: PreparedData,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train one brain-age model and evaluate it.
+
+    Args:
+        cfg: the configuration.
+        data: splits, normalised images and normalisation statistics (:func:`bap.data.prepare_data`).
+        run_dir: output folder (created).
+        resume: continue from ``run_dir/last.pt`` if it exists (bit-for-bit on the same machine).
+        progress: show a progress bar per epoch.
+        stop_after_epochs: run at most this many epochs in this call (for time-limited jobs; continue later with
+            ``resume=True``). The schedule still follows ``cfg.train.epochs``.
+
+    Returns:
+        :class:`TrainResult`; the predictions use the best-validation checkpoint.
+    """
+    run_dir = Path(run_dir)
+    device = _device()
+    rank, world = _dist_setup(device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    train_idx = data.indices("train")
+    val_idx = data.indices("val", real_only=True)
+    ages = data.table[keys.AGE].to_numpy(np.float32)
+    model_kwargs = _model_kwargs(cfg, ages[train_idx].astype(np.float64))
+    model = build_model(
+        cfg.model.name,
+        **{k: model_kwargs[k] for k in ("age_mean", "age_std", "age_range")},
+        options=model_kwargs["options"],
+    ).to(device)
+    objective: nn.Module = AgeObjective(model, cfg.train.loss)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.index is not None else None
+        )
+    opt = _optimizer(cfg, objective.parameters())
+    sched = _scheduler(cfg, opt)
+    dataset = AgeDataset(
+        data.images[train_idx],
+        ages[train_idx],
+        augment=cfg.data.augment,
+        shift=cfg.data.shift_voxels,
+        seed=cfg.train.seed,
+    )
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=world > 1
+    )
+    drop_last = len(dataset) // world > cfg.train.batch_size
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last)
+    base = {
+        "model_name": cfg.model.name,
+        "model_kwargs": model_kwargs,
+        "config": config_to_dict(cfg),
+        "norm": dict(data.norm),
+        "split": _split_info(data),
+        "image_shape": list(data.images.shape[1:]),
+    }
+    state = {"epoch": 0, "best_val_mae": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume and last_path.is_file():
+        saved = load_checkpoint(last_path)
+        model.load_state_dict(saved["state_dict"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        state = {k: saved[k] for k in state}
+        logger.info("resumed %s at epoch %d", last_path, state["epoch"])
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    end = (
+        cfg.train.epochs
+        if stop_after_epochs is None
+        else min(cfg.train.epochs, state["epoch"] + stop_after_epochs)
+    )
+    for epoch in range(state["epoch"], end):
+        if cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:
+            break
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        objective.train()
+        losses, errors = [], []
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            leave=False,
+            disable=not progress or rank != 0,
+        )
+        for x, age in bar:
+            x, age = x.to(device), age.to(device)
+            with _autocast(device, cfg.train.bf16):
+                loss, pred = objective(x, age)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            errors.append(torch.abs(pred.detach().float() - age).cpu())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val_pred = predict_images(
+            model,
+            data.images[val_idx],
+            batch_size=cfg.train.eval_batch_size,
+            device=device,
+            bf16=cfg.train.bf16,
+        )
+        val_mae = metrics.mae(ages[val_idx], val_pred) if val_idx.size else float(np.mean(losses))
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "train_mae": float(torch.cat(errors).mean()),
+            "val_mae": val_mae,
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        improved = val_mae < state["best_val_mae"] - 1e-9
+        if improved:
+            state.update(best_val_mae=val_mae, best_epoch=epoch + 1, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        logger.info(
+            "epoch %d: train loss %.4f, val MAE %.3f%s",
+            epoch + 1,
+            row["train_loss"],
+            val_mae,
+            " (best)" if improved else "",
+        )
+        if rank == 0:
+            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if improved:
+                save_checkpoint(
+                    best_path,
+                    {
+                        **base,
+                        "state_dict": weights,
+                        "epoch": epoch + 1,
+                        "val_mae": val_mae,
+                        "bias_correction": None,
+                    },
+                )
+            if cfg.train.save_every and (epoch + 1) % cfg.train.save_every == 0:
+                save_checkpoint(
+                    run_dir / f"epoch-{epoch + 1:04d}.pt",
+                    {
+                        **base,
+                        "state_dict": weights,
+                        "epoch": epoch + 1,
+                        "val_mae": val_mae,
+                        "bias_correction": None,
+                    },
+                )
+            save_checkpoint(
+                last_path,
+                {
+                    **base,
+                    **state,
+                    "state_dict": weights,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": get_rng_state(),
+                },
+            )
+            write_table_atomic(run_dir / "metrics.csv", pd.DataFrame(state["history"]))
+    if world > 1:
+        dist.barrier()
+    return _finish(cfg, data, run_dir, state, device)
+
+
+def _finish(
+    cfg: BapConfig, data: PreparedData, run_dir: Path, state: dict[str, Any], device: torch.device
+) -> TrainResult:
+    payload = load_checkpoint(run_dir / "best.pt")
+    model = build_from_checkpoint(payload).to(device)
+    table = data.table
+    pred = predict_images(
+        model, data.images, batch_size=cfg.train.eval_batch_size, device=device, bf16=cfg.train.bf16
+    )
+    frame = table[[keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE]].copy()
+    frame["pred"] = pred
+    val = (table[keys.SPLIT] == "val").to_numpy() & (table[SOURCE] == "real").to_numpy()
+    correction = None
+    if val.sum() >= 2:
+        try:
+            correction = metrics.fit_bias_correction(frame[keys.AGE][val], pred[val])
+        except ValueError as exc:
+            logger.warning("no bias correction: %s", exc)
+    frame["pred_corrected"] = correction.apply(pred) if correction else pred
+    frame[keys.SPLIT] = table[keys.SPLIT].to_numpy()
+    frame[SOURCE] = table[SOURCE].to_numpy()
+    summary = {
+        "best_epoch": state["best_epoch"],
+        "best_val_mae": state["best_val_mae"],
+        "epochs_run": state["epoch"],
+        "bias_correction": correction.to_dict() if correction else None,
+        "splits": _split_metrics(frame),
+    }
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        save_checkpoint(run_dir / "best.pt", {**payload, "bias_correction": summary["bias_correction"]})
+        write_table_atomic(run_dir / "predictions.csv", frame)
+        test = frame[(frame[keys.SPLIT] == "test")]
+        if len(test):
+            table_bins = metrics.per_bin_table(
+                test[keys.AGE],
+                np.abs(test["pred"] - test[keys.AGE]),
+                gap=test["pred"] - test[keys.AGE],
+                groups=test[keys.SUBJECT_ID].to_numpy(),
+                bin_width=cfg.eval.bin_width,
+                n_boot=cfg.eval.n_boot,
+                seed=cfg.eval.seed,
+            )
+            write_table_atomic(run_dir / "test_metrics.csv", table_bins)
+        write_json_atomic(run_dir / "summary.json", summary)
+    return TrainResult(run_dir, state["best_epoch"], state["best_val_mae"], frame, summary)
+
+
+def _split_metrics(frame: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    real = frame[frame[SOURCE] == "real"]
+    for split, rows in real.groupby(keys.SPLIT):
+        if len(rows) < 2:
+            continue
+        out[str(split)] = metrics.regression_summary(rows[keys.AGE], rows["pred"])
+        corrected = metrics.regression_summary(rows[keys.AGE], rows["pred_corrected"])
+        out[str(split)].update({f"{k}_corrected": v for k, v in corrected.items() if k != "n"})
+    return out

@@ -1,0 +1,92 @@
+"""Brain-age metrics against hand-computed values and known generating parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bap import metrics
+
+
+def test_point_metrics_by_hand():
+    age = np.array([20.0, 40.0, 60.0, 80.0])
+    pred = np.array([22.0, 37.0, 60.0, 84.0])
+    assert metrics.mae(age, pred) == pytest.approx((2 + 3 + 0 + 4) / 4)
+    assert metrics.rmse(age, pred) == pytest.approx(np.sqrt((4 + 9 + 0 + 16) / 4))
+    assert metrics.r2(age, pred) == pytest.approx(1 - 29 / 2000)
+    assert metrics.pearson_r(age, pred) == pytest.approx(stats.pearsonr(age, pred).statistic)
+    assert np.isnan(metrics.pearson_r(age, np.ones(4)))
+    with pytest.raises(ValueError, match="same length"):
+        metrics.mae(age, pred[:3])
+
+
+def test_bias_correction_recovers_known_slope_and_intercept():
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 80, size=2000)
+    # Regression to the mean: predictions shrink towards the mean with slope 0.7 and intercept 15.
+    pred = 0.7 * age + 15.0 + rng.normal(0, 1.0, size=age.size)
+    fit = metrics.fit_bias_correction(age, pred)
+    assert fit.slope == pytest.approx(0.7, abs=0.01)
+    assert fit.intercept == pytest.approx(15.0, abs=0.5)
+    corrected = fit.apply(pred)
+    # After correction the gap no longer depends on age.
+    gap_raw, gap_cor = pred - age, corrected - age
+    assert stats.spearmanr(gap_raw, age).statistic < -0.9
+    assert abs(stats.spearmanr(gap_cor, age).statistic) < 0.05
+    exact = metrics.fit_bias_correction([10, 20, 30], [12, 17, 22])
+    assert (exact.slope, exact.intercept) == pytest.approx((0.5, 7.0))
+    np.testing.assert_allclose(exact.apply([12, 17, 22]), [10, 20, 30])
+
+
+def test_bias_correction_refuses_flat_or_degenerate_fits():
+    with pytest.raises(ValueError, match="2 distinct ages"):
+        metrics.fit_bias_correction([50, 50], [40, 60])
+    with pytest.raises(ValueError, match="slope"):
+        metrics.fit_bias_correction([20, 40, 60], [50, 50, 50])
+
+
+def test_summary_reports_gap_and_spearman():
+    age = np.array([20.0, 30.0, 40.0, 50.0])
+    pred = age + np.array([4.0, 2.0, -2.0, -4.0])
+    out = metrics.regression_summary(age, pred)
+    assert out["mean_gap"] == pytest.approx(0.0)
+    assert out["spearman_gap_age"] == pytest.approx(-1.0)
+    assert out["mae"] == pytest.approx(3.0)
+
+
+def test_bootstrap_ci_covers_estimate_and_resamples_whole_subjects():
+    age = np.zeros(6)
+    pred = np.array([1.0, 1.0, 1.0, 5.0, 5.0, 5.0])
+    # Two subjects with three sessions each: every replicate draws sessions by subject, so the replicate
+    # MAE can only be 1, 3 or 5.
+    ci = metrics.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
+    assert ci.estimate == pytest.approx(3.0)
+    assert ci.low == pytest.approx(1.0) and ci.high == pytest.approx(5.0)
+    again = metrics.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
+    assert again == ci
+
+
+def test_per_bin_table_bins_and_values():
+    age = np.array([21.0, 25.0, 33.0, 38.0, 39.0])
+    err = np.array([1.0, 3.0, 2.0, 2.0, 2.0])
+    table = metrics.per_bin_table(age, err, gap=-err, bin_width=10.0, n_boot=200)
+    assert table["age_bin"].tolist() == ["all", "[20, 30)", "[30, 40)"]
+    assert table["n"].tolist() == [5, 2, 3]
+    assert table["mae_years"].tolist() == pytest.approx([2.0, 2.0, 2.0])
+    row = table.iloc[2]
+    assert row["mae_low_years"] == pytest.approx(2.0) and row["mae_high_years"] == pytest.approx(2.0)
+    assert table.iloc[0]["mean_gap_years"] == pytest.approx(-2.0)
+
+
+def test_paired_test_detects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(3)
+    age = rng.uniform(20, 80, size=200)
+    pred_a = age + rng.normal(0, 5, size=age.size)
+    pred_b = age + 0.5 * (pred_a - age)  # b halves every error of a
+    res = metrics.paired_mae_test(age, pred_a, pred_b, n_boot=500)
+    assert res.diff.estimate == pytest.approx(-0.5 * res.mae_a)
+    assert res.diff.high < 0
+    assert res.p_bootstrap < 0.01 and res.p_wilcoxon < 1e-6
+    same = metrics.paired_mae_test(age, pred_a, pred_a.copy(), n_boot=200)
+    assert same.diff.estimate == 0.0 and same.p_wilcoxon == 1.0
