@@ -1,0 +1,162 @@
+"""Pure array maths for preprocessing: head and brain masks, image similarity and robust outlier scores.
+
+Nothing here reads or writes files or needs ANTs, so every function is tested on hand-built arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "head_mask",
+    "largest_component",
+    "mutual_information",
+    "normalized_cross_correlation",
+    "otsu_threshold",
+    "refine_brain_mask",
+    "robust_z",
+]
+
+#: Robust z-scores use the MAD scaled by this factor, which makes it estimate the SD of a normal sample.
+_MAD_TO_SD = 1.4826
+_EPS = 1e-12
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """Threshold that maximises the between-class variance of ``values`` (Otsu 1979).
+
+    Args:
+        values: any array of intensities (flattened).
+        bins: histogram bins.
+
+    Returns:
+        The threshold; values above it form the bright class. A constant array returns its value.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < _EPS:
+        return lo
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][int(np.argmax(between[:-1]))])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a boolean array (all False stays all False)."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """Foreground of a raw scan: above the Otsu threshold of the non-zero voxels, largest component, holes filled.
+
+    Used to restrict N4's bias fit to the head (air would only add noise to the fit).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    positive = image[image > 0]
+    if positive.size == 0:
+        return np.zeros(image.shape, dtype=bool)
+    # Half the Otsu threshold keeps dark tissue (CSF, bone marrow edges) that the bias fit should still see.
+    mask = image > 0.5 * otsu_threshold(positive)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(largest_component(mask))
+
+
+def refine_brain_mask(
+    image: np.ndarray, prior: np.ndarray, margin_vox: int = 2, *, low: float = 0.5, high: float = 1.5
+) -> np.ndarray:
+    """Brain mask from a registered template mask, adjusted to the subject's intensities near its border.
+
+    Voxels deeper than ``margin_vox`` inside ``prior`` are kept whatever their intensity (ventricles are dark).
+    In the band ``margin_vox`` voxels either side of the prior's border, a voxel is brain when its intensity lies
+    in ``[low · median, high · p99]`` of the deep voxels: this drops air, bone and CSF outside the cortex (dark on
+    T1) and fat (very bright), and lets the mask follow a brain slightly larger than the template's. The result
+    is the largest component with holes filled.
+
+    Args:
+        image: ``(X, Y, Z)`` registered T1w image.
+        prior: ``(X, Y, Z)`` boolean template brain mask on the same grid.
+        margin_vox: half-width of the border band in voxels.
+        low: lower bound as a fraction of the deep-brain median.
+        high: upper bound as a multiple of the deep-brain 99th percentile.
+
+    Returns:
+        Boolean ``(X, Y, Z)`` mask.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    prior = np.asarray(prior, dtype=bool)
+    if image.shape != prior.shape:
+        raise ValueError(f"image shape {image.shape} does not match the prior mask shape {prior.shape}")
+    if margin_vox < 1:
+        return prior.copy()
+    # Euclidean distances, so that the band has the same width in every direction.
+    core = ndimage.distance_transform_edt(prior) > margin_vox
+    if int(core.sum()) < 10:
+        return prior.copy()
+    band = (ndimage.distance_transform_edt(~prior) <= margin_vox) & ~core
+    deep = image[core]
+    lower, upper = low * float(np.median(deep)), high * float(np.percentile(deep, 99))
+    mask = core | (band & (image >= lower) & (image <= upper))
+    return ndimage.binary_fill_holes(largest_component(mask))
+
+
+def normalized_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Pearson correlation of two images (inside ``mask`` when given); 0 when either is constant."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} and {b.shape}")
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return float(np.dot(a, b) / denom) if denom > _EPS else 0.0
+
+
+def mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32) -> float:
+    """Mutual information in nats of two images from a ``bins × bins`` joint histogram (inside ``mask``)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"image shapes differ: {a.shape} and {b.shape}")
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
+    total = joint.sum()
+    if total <= 0:
+        return 0.0
+    p = joint / total
+    px, py = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] / (px @ py)[nz])))
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """``(x − median) / (1.4826 · MAD)`` per value; NaN stays NaN, and a zero MAD gives 0 for every finite value.
+
+    Args:
+        values: ``(N,)`` measurements of one QC quantity across subjects.
+
+    Returns:
+        ``(N,)`` float64 robust z-scores.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    out = np.full(values.shape, np.nan)
+    if not finite.any():
+        return out
+    centre = float(np.median(values[finite]))
+    spread = _MAD_TO_SD * float(np.median(np.abs(values[finite] - centre)))
+    out[finite] = 0.0 if spread < _EPS else (values[finite] - centre) / spread
+    return out

@@ -1,0 +1,339 @@
+"""Preprocess one raw T1w scan into the model's space, and verify a previous run's outputs.
+
+Steps: read (validated) → reorient to RAS → N4 bias correction inside a head mask → affine registration to the
+packaged template → resampling onto the MNI grid → brain mask (registered template mask refined by intensity) →
+QC measures. Outputs are written atomically; the JSON sidecar is written last and marks the scan as finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from flowlet.data.grid import Grid, mni_grid, resample_array, same_grid
+from flowlet.data.io import write_json_atomic
+from flowlet.data.nifti import NiftiError, load_volume, save_volume
+from flowlet.data.prep import ants_backend
+from flowlet.data.prep.measures import (
+    head_mask,
+    mutual_information,
+    normalized_cross_correlation,
+    refine_brain_mask,
+)
+from flowlet.data.preprocessing import reorient_to_ras
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SPACE_LABELS",
+    "PrepConfig",
+    "RegisteredScan",
+    "ScanJob",
+    "ScanResult",
+    "file_sha256",
+    "output_names",
+    "prepare_scan",
+    "register_scan",
+    "verify_scan",
+]
+
+#: BIDS ``space-`` label of each registration template (the grid is the FSL MNI152 bounding box).
+SPACE_LABELS: dict[str, str] = {
+    "icbm152-t1": "MNI152NLin2009aSym",
+    "mni152-t1-brain": "MNI152NLin6Asym",
+    "icbm152-2009c-brain": "MNI152NLin2009cAsym",
+}
+_SIDECAR_KEY = "FlowletPrep"
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Settings of ``flowlet-prep`` (written into every sidecar; a changed setting re-runs a scan).
+
+    Attributes:
+        voxel_size: output grid in mm (``mni_grid``; 2 gives the official 91×109×91).
+        template: registration template, one of :data:`SPACE_LABELS`.
+        n4: run N4 bias-field correction.
+        n4_iterations: N4 iterations per fitting level.
+        n4_shrink: N4 down-sampling factor.
+        affine_iterations: registration iterations per level, coarse to fine.
+        affine_shrink: registration shrink factors per level.
+        affine_smoothing: registration smoothing sigmas (voxels) per level.
+        sampling_rate: fraction of template voxels sampled by the metric.
+        metric_margin_mm: the metric is evaluated within the template brain mask dilated by this margin.
+        mask_margin_mm: half-width of the border band where the brain mask follows the subject's intensities.
+        seed: registration sampling seed, at least 1 (ANTs seeds from the clock when given 0).
+    """
+
+    voxel_size: float = 2.0
+    template: str = "icbm152-t1"
+    n4: bool = True
+    n4_iterations: tuple[int, ...] = (50, 50, 30, 20)
+    n4_shrink: int = 4
+    affine_iterations: tuple[int, ...] = (1000, 500, 250, 100)
+    affine_shrink: tuple[int, ...] = (6, 4, 2, 1)
+    affine_smoothing: tuple[float, ...] = (3.0, 2.0, 1.0, 0.0)
+    sampling_rate: float = 0.25
+    metric_margin_mm: float = 6.0
+    mask_margin_mm: float = 4.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.template not in SPACE_LABELS:
+            raise ValueError(f"unknown template '{self.template}'; choose from {sorted(SPACE_LABELS)}")
+        if not self.voxel_size > 0:
+            raise ValueError(f"voxel_size must be a positive number of mm, got {self.voxel_size!r}")
+        levels = {len(self.affine_iterations), len(self.affine_shrink), len(self.affine_smoothing)}
+        if len(levels) != 1:
+            raise ValueError(
+                "affine_iterations, affine_shrink and affine_smoothing must have the same length"
+            )
+        if int(self.seed) < 1:
+            raise ValueError(
+                f"seed must be a positive integer (0 means 'from the clock' to ANTs), got {self.seed}"
+            )
+        if not 0 < self.sampling_rate <= 1:
+            raise ValueError(f"sampling_rate must be in (0, 1], got {self.sampling_rate}")
+
+    @property
+    def grid(self) -> Grid:
+        return mni_grid(self.voxel_size)
+
+    @property
+    def space(self) -> str:
+        return SPACE_LABELS[self.template]
+
+    @property
+    def resolution_label(self) -> str:
+        """``res-`` entity value: ``2`` for 2 mm, ``1p5`` for 1.5 mm."""
+        return f"{self.voxel_size:g}".replace(".", "p")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan to process.
+
+    Attributes:
+        subject_id: without ``sub-``.
+        session_id: without ``ses-``, or ``n/a``.
+        source: the raw T1w file.
+        relative_dir: its folder relative to the data set root (``sub-01/ses-1/anat``), reused in the output.
+        stem: its name without ``_T1w.nii[.gz]`` (keeps ``acq-``/``run-`` entities).
+    """
+
+    subject_id: str
+    session_id: str
+    source: Path
+    relative_dir: str
+    stem: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Outcome of one scan: status ``ok`` or ``failed``, the reason, QC measures and output paths."""
+
+    job: ScanJob
+    status: str
+    reason: str = ""
+    resumed: bool = False
+    qc: dict[str, float] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def output_names(job: ScanJob, config: PrepConfig) -> dict[str, str]:
+    """Output paths relative to the output root: ``image``, ``mask``, ``xfm`` and the ``sidecar``."""
+    base = f"{job.relative_dir}/{job.stem}"
+    entities = f"space-{config.space}_res-{config.resolution_label}"
+    return {
+        "image": f"{base}_{entities}_desc-preproc_T1w.nii.gz",
+        "mask": f"{base}_{entities}_desc-brain_mask.nii.gz",
+        "xfm": f"{base}_from-T1w_to-{config.space}_mode-image_xfm.json",
+        "sidecar": f"{base}_{entities}_desc-preproc_T1w.json",
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _template_inputs(config: PrepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from flowlet.data.templates import brain_mask, load_template
+
+    grid = config.grid
+    return np.asarray(load_template(config.template, grid).data), np.asarray(brain_mask(grid)), grid.affine
+
+
+@dataclass(frozen=True)
+class RegisteredScan:
+    """A scan on the MNI grid.
+
+    Attributes:
+        image: ``config.grid.shape`` float32, bias-corrected, zero outside the brain.
+        mask: ``config.grid.shape`` boolean brain mask.
+        transform: ``(4, 4)`` map from template world to subject world (mm, RAS).
+        qc: QC measures (see :func:`flowlet.data.prep.qc.qc_table`).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    transform: np.ndarray
+    qc: dict[str, float]
+
+
+def register_scan(data: np.ndarray, affine: np.ndarray, config: PrepConfig) -> RegisteredScan:
+    """Bias-correct and register an image (RAS) and put it on the MNI grid; no files are touched.
+
+    Args:
+        data: ``(X, Y, Z)`` raw intensities.
+        affine: ``(4, 4)`` RAS affine.
+        config: settings.
+
+    Returns:
+        :class:`RegisteredScan` on ``config.grid``.
+    """
+    template, prior, grid_affine = _template_inputs(config)
+    data = np.clip(np.asarray(data, dtype=np.float32), 0, None)
+    if config.n4:
+        field = ants_backend.n4_bias_field(
+            data, affine, head_mask(data), iterations=config.n4_iterations, shrink=config.n4_shrink
+        )
+        data = data / np.maximum(field, np.float32(1e-3))
+    margin = max(1, round(config.metric_margin_mm / config.voxel_size))
+    transform = ants_backend.register_affine(
+        template,
+        grid_affine,
+        data,
+        affine,
+        fixed_mask=ndimage.binary_dilation(prior, iterations=margin),
+        iterations=config.affine_iterations,
+        shrink=config.affine_shrink,
+        smoothing=config.affine_smoothing,
+        sampling_rate=config.sampling_rate,
+        seed=config.seed,
+    )
+    # The subject placed in template space is the same array with affine M⁻¹ · A; resample that onto the grid.
+    moved = resample_array(data, np.linalg.inv(transform) @ affine, config.grid)
+    mask = refine_brain_mask(moved, prior, max(1, round(config.mask_margin_mm / config.voxel_size)))
+    image = np.where(mask, moved, 0).astype(np.float32)
+    return RegisteredScan(image, mask, transform, _measures(moved, mask, transform, template, prior, config))
+
+
+def _measures(
+    moved: np.ndarray,
+    mask: np.ndarray,
+    transform: np.ndarray,
+    template: np.ndarray,
+    prior: np.ndarray,
+    config: PrepConfig,
+) -> dict[str, float]:
+    det = float(abs(np.linalg.det(transform[:3, :3])))
+    voxel_mm3 = config.grid.voxel_volume_mm3
+    band = ndimage.binary_dilation(prior, iterations=2)
+    return {
+        "ncc": normalized_cross_correlation(moved, template, prior),
+        "mutual_information_nats": mutual_information(moved, template, band),
+        "affine_determinant": det,
+        "brain_volume_mni_mm3": float(mask.sum()) * voxel_mm3,
+        # An affine has a constant Jacobian, so the native volume is the template-space volume times |det M|.
+        "brain_volume_mm3": float(mask.sum()) * voxel_mm3 * det,
+        "template_mask_dice": _dice(mask, prior),
+    }
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
+def prepare_scan(job: ScanJob, out_dir: Path, config: PrepConfig) -> ScanResult:
+    """Process one scan and write its outputs; bad input gives a ``failed`` result, never an exception.
+
+    The image, mask and transform are written first, the sidecar (with the QC measures, the settings and the
+    input's SHA-256) last, so a scan interrupted half-way has no sidecar and is processed again on resume.
+    """
+    start = time.perf_counter()
+    try:
+        volume = reorient_to_ras(load_volume(job.source))
+        result = register_scan(volume.data, volume.affine, config)
+    except (NiftiError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+        reason = str(exc) if isinstance(exc, NiftiError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: failed: %s", job.source, reason)
+        return ScanResult(job, "failed", reason=reason, seconds=time.perf_counter() - start)
+    names = output_names(job, config)
+    paths = {key: out_dir / rel for key, rel in names.items()}
+    grid = config.grid
+    save_volume(paths["image"], result.image, grid.affine, dtype=np.float32)
+    save_volume(paths["mask"], result.mask.astype(np.uint8), grid.affine, dtype=np.uint8)
+    write_json_atomic(paths["xfm"], _transform_record(result.transform, job, config))
+    seconds = time.perf_counter() - start
+    write_json_atomic(paths["sidecar"], _sidecar(job, config, result.qc, names, seconds))
+    return ScanResult(job, "ok", qc=result.qc, outputs=names, seconds=seconds)
+
+
+def _transform_record(transform: np.ndarray, job: ScanJob, config: PrepConfig) -> dict[str, Any]:
+    return {
+        "Description": "Affine map from template world (mm, RAS) to the subject's scanner world (mm, RAS); "
+        "the subject image on the template grid is sampled at matrix @ template_affine @ voxel",
+        "FromSpace": config.space,
+        "ToSpace": "T1w",
+        "Source": job.source.name,
+        "matrix": np.round(transform, 10).tolist(),
+        "inverse": np.round(np.linalg.inv(transform), 10).tolist(),
+    }
+
+
+def _sidecar(
+    job: ScanJob, config: PrepConfig, qc: dict[str, float], names: dict[str, str], seconds: float
+) -> dict:
+    return {
+        "SkullStripped": True,
+        "SpatialReference": config.space,
+        "Sources": [f"bids:raw:{job.relative_dir}/{job.source.name}"],
+        _SIDECAR_KEY: {
+            "config": config.to_dict(),
+            "input_sha256": file_sha256(job.source),
+            "outputs": names,
+            "qc": qc,
+            "seconds": seconds,
+        },
+    }
+
+
+def verify_scan(job: ScanJob, out_dir: Path, config: PrepConfig) -> ScanResult | None:
+    """A finished scan's result if every output is present and valid and was made from this input with these
+    settings, else None (the scan is then processed again)."""
+    names = output_names(job, config)
+    sidecar = out_dir / names["sidecar"]
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))[_SIDECAR_KEY]
+        if record["config"] != config.to_dict() or record["input_sha256"] != file_sha256(job.source):
+            return None
+        grid = config.grid
+        for key in ("image", "mask"):
+            volume = load_volume(out_dir / names[key])
+            if not same_grid(volume.affine, volume.shape, grid.affine, grid.shape):
+                return None
+        json.loads((out_dir / names["xfm"]).read_text(encoding="utf-8"))["matrix"]
+        qc = {str(k): float(v) for k, v in record["qc"].items()}
+    except (OSError, ValueError, KeyError, TypeError, NiftiError):
+        return None
+    return ScanResult(
+        job, "ok", resumed=True, qc=qc, outputs=names, seconds=float(record.get("seconds", 0.0))
+    )
