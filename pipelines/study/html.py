@@ -14,7 +14,7 @@ body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max
        padding: 0 1em; color: #1d1d1f; line-height: 1.45; }
 h1 { border-bottom: 2px solid #3b6ea5; padding-bottom: .3em; }
 h2 { margin-top: 2em; color: #24476b; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: .88em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .88em; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #d0d7de; padding: .3em .6em; text-align: right; }
 th { background: #f3f6f9; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #e5e5e5; margin: .5em 0; }

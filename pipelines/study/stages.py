@@ -115,17 +115,23 @@ def run_generator(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
 
 
 def train_generator(ctx: StageContext, config: StudyConfig) -> Path:
-    """Train FlowLet on the training split only (validation subjects come from the same split)."""
-    from pipelines.train import train_on_table
+    """Train FlowLet on the study's training split only (its own validation subjects come from that split).
+
+    The run resumes exactly if the stage was interrupted (``flowlet-train --resume`` semantics).
+    """
+    from pipelines.train import run_training
 
     table = split_table(ctx)
-    train_rows = table[table[keys.SPLIT].isin(["train"])]
-    return train_on_table(
-        train_rows,
-        config.generator.train_config,
-        ctx.stage_dir / "run",
-        overrides=config.generator.train_overrides,
-    )
+    rows = table.loc[table[keys.SPLIT] == "train", list(keys.COHORT_COLUMNS)]
+    source = write_table_atomic(ctx.stage_dir / "train_split.tsv", rows)
+    overrides = [
+        *config.generator.train_overrides,
+        f"data.source={source}",
+        f"runtime.run_dir={ctx.stage_dir / 'run'}",
+    ]
+    result = run_training(config.generator.train_config, overrides, resume=True)
+    best = Path(result.run_dir) / "checkpoints" / "best.pt"
+    return best if best.is_file() else Path(result.run_dir) / "checkpoints" / "latest.pt"
 
 
 def checkpoint_location(ctx: StageContext) -> Path:
