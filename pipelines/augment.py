@@ -76,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from flowlet.data.io import FolderLockedError
+
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, FolderLockedError) as exc:
         print(f"flowlet-augment: error: {exc}", file=sys.stderr)
         return 2
 

@@ -228,13 +228,9 @@ def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int
 
 def run(args: argparse.Namespace) -> Path:
     """Load the checkpoint, generate every job and write the volumes and ``generation.json``."""
-    import numpy as np
-
-    from flowlet import __version__
     from flowlet.checkpoint import load_bundle
-    from flowlet.data.io import resolve_inside, write_json_atomic
-    from flowlet.data.nifti import save_volume
-    from flowlet.sampling import decode_and_export, iter_generate, resolve_affine
+    from flowlet.data.io import folder_lock, remove_stale_temporaries, resolve_inside
+    from flowlet.sampling import resolve_affine
 
     if args.model_input_size is not None:
         logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
@@ -246,6 +242,22 @@ def run(args: argparse.Namespace) -> Path:
     affine = resolve_affine(args.affine, save_size, bundle.affine)
     jobs = plan_jobs(args, bundle, _ablations(args.ablation), base_config.num_steps)
     out_dir = Path(args.output_dir)
+    for job in jobs:  # refuse a file name that would escape the output folder before anything is written
+        for name in job.files:
+            resolve_inside(out_dir, name)
+    with folder_lock(out_dir):  # a second run into the same folder is refused instead of interleaving files
+        remove_stale_temporaries(out_dir)  # left by a killed run; never read, but not to be left lying around
+        records = _write_jobs(args, bundle, jobs, base_config, save_size, affine, out_dir)
+        _write_metadata(args, bundle, base_config, save_size, affine, out_dir, records)
+    logger.info("wrote %d volumes and generation.json to %s", len(records), out_dir)
+    return out_dir
+
+
+def _write_jobs(args, bundle, jobs, base_config, save_size, affine, out_dir: Path) -> list[dict]:
+    from flowlet.data.io import resolve_inside
+    from flowlet.data.nifti import save_volume
+    from flowlet.sampling import decode_and_export, iter_generate
+
     records = []
     for job in jobs:
         config = dataclasses.replace(base_config, ablation=job.ablation)
@@ -264,6 +276,15 @@ def run(args: argparse.Namespace) -> Path:
                         "conditions": conds,
                     }
                 )
+    return records
+
+
+def _write_metadata(args, bundle, base_config, save_size, affine, out_dir: Path, records: list[dict]) -> None:
+    import numpy as np
+
+    from flowlet import __version__
+    from flowlet.data.io import write_json_atomic
+
     meta = {
         "toolkit_version": __version__,
         "command": ["flowlet-generate", *sys.argv[1:]]
@@ -284,19 +305,19 @@ def run(args: argparse.Namespace) -> Path:
         "outputs": records,
     }
     write_json_atomic(out_dir / "generation.json", meta)
-    logger.info("wrote %d volumes and generation.json to %s", len(records), out_dir)
-    return out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
+    from flowlet.data.io import FolderLockedError
+
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as exc:  # CheckpointError and NiftiError are ValueErrors
+    except (ValueError, OSError, FolderLockedError) as exc:  # CheckpointError and NiftiError are ValueErrors
         logger.error("%s", exc)
         return 2
     return 0

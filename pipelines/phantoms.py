@@ -49,26 +49,31 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())) and not args.overwrite:
+    # The lock file of an earlier (failed or finished) run does not make the folder "not empty".
+    content = [p for p in args.out.iterdir() if p.name != ".lock"] if args.out.is_dir() else []
+    if args.out.exists() and (not args.out.is_dir() or content) and not args.overwrite:
         print(
             f"flowlet-phantoms: error: output folder '{args.out}' is not empty; use --overwrite",
             file=sys.stderr,
         )
         return 2
+    from flowlet.data.io import FolderLockedError, folder_lock, remove_stale_temporaries
     from flowlet.data.phantom import age_histogram, write_phantom_cohort
 
     try:
         age_histogram(args.age_hist)  # fail on a malformed file before any work
-        write_phantom_cohort(
-            args.out,
-            args.n,
-            age_hist=args.age_hist,
-            voxel_size=args.voxel_size,
-            sites=args.sites,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
-    except ValueError as exc:
+        with folder_lock(args.out):  # a second run into the same folder is refused instead of interleaving
+            remove_stale_temporaries(args.out)  # left by a killed run
+            write_phantom_cohort(
+                args.out,
+                args.n,
+                age_hist=args.age_hist,
+                voxel_size=args.voxel_size,
+                sites=args.sites,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
+    except (ValueError, OSError, FolderLockedError) as exc:
         print(f"flowlet-phantoms: error: {exc}", file=sys.stderr)
         return 2
     logger.info("cohort written to %s", args.out)

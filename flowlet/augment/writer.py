@@ -175,6 +175,7 @@ def write_augmentation(
         batches = [list(range(k, min(k + size, len(samples)))) for k in range(0, len(samples), size)]
         owned = [b for k, b in enumerate(batches) if shard.owns(k)]
         paths = {i: image_path(out_dir, samples["participant_id"].iloc[i]) for b in owned for i in b}
+        _remove_stale_temporaries(paths.values())
         missing = {i for i in paths if not _is_complete(paths[i], save_size)}
         todo = [b for b in owned if missing.intersection(b)]
         logger.info("%d of %d brains of this shard to generate", len(missing), len(paths))
@@ -193,6 +194,14 @@ def write_augmentation(
     return AugmentResult(
         out_dir, generated=len(missing), skipped=len(paths) - len(missing), total=len(samples)
     )
+
+
+def _remove_stale_temporaries(paths) -> None:
+    """Delete temporary files that a killed run left next to this shard's volumes (``.<name>.*.tmp*``)."""
+    for path in paths:
+        for stale in path.parent.glob(f".{path.name}.*.tmp*"):
+            logger.info("removing %s left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
 
 
 def _progress_bar(total: int, *, enabled: bool):

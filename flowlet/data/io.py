@@ -8,8 +8,10 @@ within one file system). If writing fails, the temporary file is removed and any
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +45,17 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            # A failed write (full disk, quota, I/O error) names the file the user asked for, not the temp file;
+            # the previous file under that name is untouched.
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
 def _read_umask() -> int:
@@ -148,3 +157,26 @@ def folder_lock(folder: str | os.PathLike, *, name: str = ".lock") -> Iterator[P
         yield folder
     finally:
         handle.close()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed writer left under ``folder``.
+
+    Only names of the exact form :func:`atomic_path` creates (``.<final name>.<8 random characters>.tmp<suffix>``)
+    are removed. Call it only while holding :func:`folder_lock` on ``folder`` for every writer of the folder: then
+    no live process owns such a file, and a file under its final name is never touched.
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        if path.is_file() and _TEMP_NAME.match(path.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+# atomic_path's prefix ".<final name>.", then tempfile.mkstemp's 8 random characters, then ".tmp<suffix>"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp")
