@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from flowlet.data.config import convert_value
 
 __all__ = ["AtlasConfig", "EvalConfig", "PrivacyConfig", "QualityConfig", "SegmentationConfig"]
 
@@ -104,8 +107,13 @@ class EvalConfig:
 
 
 def _known(cls: type, raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check keys and simple types (numbers, strings, booleans) of one section; nested ones are checked by the caller."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    simple = {k: v for k, v in raw.items() if hints[k] in (int, float, bool, str)}
+    for key, value in simple.items():
+        convert_value(value, hints[key], f"{source}: {key}")
     return dict(raw)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from flowlet.data.config import build_section
+
 __all__ = [
     "BapConfig",
     "DataConfig",
@@ -177,20 +179,7 @@ def _validate(cfg: BapConfig) -> None:
 
 
 def _section(cls: type, values: Any, name: str) -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ValueError(f"config section '{name}' must be a mapping, got {type(values).__name__}")
-    allowed = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section '{name}'; allowed: {sorted(allowed)}")
-    kwargs = {}
-    for key, value in values.items():
-        if isinstance(value, list) and key != "options":
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    return build_section(cls, values, name)
 
 
 def config_from_dict(raw: dict[str, Any] | None) -> BapConfig:

@@ -7,13 +7,13 @@ Sections: ``cohort`` (phantoms or a path), ``split``, ``generator`` (checkpoint 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from flowlet.data.config import ConfigTypeError, build_section
 
 __all__ = ["StudyConfig", "StudyConfigError", "load_study_config", "study_config_from_dict"]
 
@@ -124,59 +124,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise StudyConfigError(f"{where}: expected a list, got {value!r}")
-        item = args[0]
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise StudyConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StudyConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise StudyConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise StudyConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise StudyConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise StudyConfigError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise StudyConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**{k: _convert(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
-
-
 def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> StudyConfig:
-    config = _build(StudyConfig, raw, source)
+    try:
+        config = build_section(StudyConfig, raw, source)
+    except ConfigTypeError as exc:
+        raise StudyConfigError(str(exc)) from exc
     if (config.cohort.path is None) == (config.cohort.phantoms is None):
         raise StudyConfigError(f"{source}: cohort needs exactly one of 'path' or 'phantoms'")
     if (config.generator.checkpoint is None) == (config.generator.train_config is None):

@@ -129,7 +129,7 @@ def torch_equal(a, b) -> bool:
 
 
 def test_config_refuses_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_rate'\] in config section 'train'"):
+    with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['lr_rate'\]"):
         config_from_dict({"train": {"lr_rate": 1}})
     with pytest.raises(ValueError, match=r"unknown config section\(s\) \['optim'\]"):
         config_from_dict({"optim": {}})

@@ -58,10 +58,6 @@ def _check(result, expected, config: Path, marker: Path, out: Path) -> None:
 
 
 XFAIL = {
-    "bap-train-wrong_type": "bap.config: a wrong type surfaces as a Python error (\"'<' not supported between "
-    "instances of 'str' and 'int'\") that does not name the field or what was expected",
-    "flowlet-eval-wrong_type": 'analysis.config: a wrong type surfaces as "could not convert string to float" '
-    "without the file or the field",
     "flowlet-train-override-python-tag": "flowlet.training.config.apply_overrides: a YAML error in a --set value "
     "escapes as a ConstructorError traceback (it is refused, nothing runs, but the message is not clear)",
 }

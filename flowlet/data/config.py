@@ -1,0 +1,79 @@
+"""Typed configuration sections: build a frozen dataclass from a YAML mapping, checking every key and type.
+
+One checker for every package's configs (``bap``, ``analysis``, the study), so that a wrong type always gives the
+same kind of message: the dotted key, what was expected, and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+__all__ = ["ConfigTypeError", "build_section", "convert_value"]
+
+
+class ConfigTypeError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+def convert_value(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``hint`` (int, float, bool, str, Optional, tuple, dict, dataclass)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return convert_value(value, inner[0], where)
+    if dataclasses.is_dataclass(hint):
+        return build_section(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigTypeError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        items = args
+        if len(items) != len(value):
+            raise ConfigTypeError(f"{where}: expected {len(items)} values, got {len(value)}")
+        return tuple(convert_value(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigTypeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigTypeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigTypeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigTypeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigTypeError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """``cls(**raw)`` after refusing unknown keys and checking each value's type.
+
+    Raises:
+        ConfigTypeError: naming ``where.key``, the expected type and the value found.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigTypeError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigTypeError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
+    return cls(**{k: convert_value(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
