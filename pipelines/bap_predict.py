@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return run(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         logger.error("%s", exc)
         return 2
 

@@ -80,9 +80,17 @@ def read_image(path: str | os.PathLike, *, affine: np.ndarray | None = None) -> 
         A float32 :class:`Volume` ``(X, Y, Z)``.
 
     Raises:
-        NiftiError: naming the file: missing, unreadable, not 3D, non-finite, or no affine known for its shape.
+        NiftiError: naming the file: missing, unreadable, not 3D, non-finite, constant (e.g. all zero: nothing
+            to learn from, and intensity normalisation would divide by zero), or no affine known for its shape.
     """
-    path = Path(path)
+    volume = _read_any(Path(path), affine)
+    if volume.data.size and float(volume.data.min()) == float(volume.data.max()):
+        raise NiftiError(f"{path}: the image is constant (every voxel = {float(volume.data.min()):g}); "
+                         "expected a brain MRI volume")
+    return volume
+
+
+def _read_any(path: Path, affine: np.ndarray | None) -> Volume:
     if not path.name.endswith(".npy"):
         return load_volume(path)
     if not path.is_file():

@@ -307,10 +307,13 @@ def test_mni_affines() -> None:
 
 
 def test_read_image_errors(tmp_path: Path, make_nifti) -> None:
-    np.save(tmp_path / "odd.npy", np.zeros((4, 5, 6), dtype=np.float32))
+    np.save(tmp_path / "odd.npy", np.arange(120, dtype=np.float32).reshape(4, 5, 6))
     with pytest.raises(NiftiError, match=r"odd\.npy.*pass affine="):
         read_image(tmp_path / "odd.npy")
     assert read_image(tmp_path / "odd.npy", affine=np.eye(4)).shape == (4, 5, 6)
+    np.save(tmp_path / "flat.npy", np.zeros((4, 5, 6), dtype=np.float32))
+    with pytest.raises(NiftiError, match=r"flat\.npy: the image is constant"):
+        read_image(tmp_path / "flat.npy", affine=np.eye(4))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(NiftiError, match=r"obj\.npy: cannot read"):
         read_image(tmp_path / "obj.npy")

@@ -248,11 +248,6 @@ def test_full_disk_during_augment_keeps_the_previous_files(cli, tmp_path, tiny_c
     assert snapshot(out) == before and temp_files(out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bap-predict catches only ValueError: a full disk surfaces as an OSError traceback (the previous CSV "
-    "stays intact)",
-)
 def test_full_disk_during_bap_predict_keeps_the_previous_file(cli, tmp_path, bap_checkpoint, full_disk):
     real = write_bids(tmp_path / "real")
     out = tmp_path / "p.csv"
