@@ -85,18 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def resolve_checkpoint(name: str) -> Path:
-    """``demo`` → the packaged demo checkpoint; anything else is a path that must exist."""
-    if name == "demo":
-        from flowlet.assets import demo_checkpoint_path
-
-        return demo_checkpoint_path()
-    path = Path(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {name}: file not found")
-    return path
-
-
 @dataclass(frozen=True)
 class AugmentOptions:
     """Everything an augmentation needs besides the real ages (the CLI flags, as a config)."""
@@ -157,6 +145,8 @@ def augment(real_ages, options: AugmentOptions):
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)
+    from flowlet.assets import resolve_checkpoint
+
     ckpt = resolve_checkpoint(options.checkpoint)
     bundle = load_bundle(
         ckpt, config_path=options.config_path, condition_ranges_path=options.condition_ranges_path

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint_path", required=True, help="toolkit checkpoint or official slim .pth")
+    p.add_argument(
+        "--checkpoint_path", required=True, help="toolkit checkpoint, official slim .pth, or 'demo'"
+    )
     p.add_argument("--config_path", help="official config.json (default: next to the checkpoint)")
     p.add_argument(
         "--condition_ranges_path", help="official condition_ranges.json (default: next to the checkpoint)"
@@ -234,8 +236,12 @@ def run(args: argparse.Namespace) -> Path:
 
     if args.model_input_size is not None:
         logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
+    from flowlet.assets import resolve_checkpoint
+
     bundle = load_bundle(
-        args.checkpoint_path, config_path=args.config_path, condition_ranges_path=args.condition_ranges_path
+        resolve_checkpoint(args.checkpoint_path),
+        config_path=args.config_path,
+        condition_ranges_path=args.condition_ranges_path,
     )
     base_config = resolve_sampling(args, bundle)
     save_size = tuple(args.save_size or bundle.save_size or (91, 109, 91))

@@ -18,3 +18,17 @@ def demo_checkpoint_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the demo checkpoint {path} is missing from this installation")
     return path
+
+
+def resolve_checkpoint(name: str | Path) -> Path:
+    """``"demo"`` → the packaged demo checkpoint; anything else is a path that must exist.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+    """
+    if str(name) == "demo":
+        return demo_checkpoint_path()
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {name}: file not found")
+    return path
