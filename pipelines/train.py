@@ -108,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_training(args.config, overrides, resume=args.resume, stop_after=args.stop_after)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    ) as exc:  # bad data name the file (NiftiError...)
         logger.error("%s", exc)
         return 2
     logger.info(

@@ -14,11 +14,6 @@ from reliability_helpers import BAD_TABLES, leftovers, temp_files
 
 from pipelines import augment, bap_predict, bap_train, evaluate, train
 
-TRAIN_XFAIL = (
-    "flowlet-train: main() catches only ConfigError/FileNotFoundError, so a CohortError escapes as a traceback "
-    "(exit 1) instead of a one-line error with exit 2"
-)
-
 
 def _augment(source: Path, out: Path, ckpts) -> tuple:
     return augment.main, ["--real", source, "--checkpoint", ckpts["flowlet"], "--out", out, "--steps", "1",
@@ -65,7 +60,7 @@ COMMANDS = {
 def _cases():
     for command in COMMANDS:
         for case in BAD_TABLES:
-            marks = [pytest.mark.xfail(strict=True, reason=TRAIN_XFAIL)] if command == "flowlet-train" else []
+            marks = []
             yield pytest.param(command, case, id=f"{command}-{case}", marks=marks)
 
 
