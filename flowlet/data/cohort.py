@@ -85,8 +85,10 @@ def read_image(path: str | os.PathLike, *, affine: np.ndarray | None = None) -> 
     """
     volume = _read_any(Path(path), affine)
     if volume.data.size and float(volume.data.min()) == float(volume.data.max()):
-        raise NiftiError(f"{path}: the image is constant (every voxel = {float(volume.data.min()):g}); "
-                         "expected a brain MRI volume")
+        raise NiftiError(
+            f"{path}: the image is constant (every voxel = {float(volume.data.min()):g}); "
+            "expected a brain MRI volume"
+        )
     return volume
 
 

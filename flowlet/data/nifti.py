@@ -91,9 +91,18 @@ def load_volume(
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=dtype)
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise NiftiError(f"{path}: cannot read the image ({type(exc).__name__}: {exc}); the file may be truncated "
-                         "or not a NIfTI file") from exc
+    except (
+        EOFError,
+        OSError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+        nib.filebasedimages.ImageFileError,
+    ) as exc:
+        raise NiftiError(
+            f"{path}: cannot read the image ({type(exc).__name__}: {exc}); the file may be truncated "
+            "or not a NIfTI file"
+        ) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -156,8 +165,10 @@ def _save_deterministic(img: nib.Nifti1Image, tmp: Path) -> None:
     """Save so that identical data give identical bytes (gzip without a timestamp or file name)."""
     if tmp.name.endswith(".gz"):
         raw = img.to_bytes()
-        with open(tmp, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="",
-                                                        compresslevel=6) as gz:
+        with (
+            open(tmp, "wb") as handle,
+            gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=6) as gz,
+        ):
             gz.write(raw)
     else:
         nib.save(img, str(tmp))

@@ -237,7 +237,9 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     report.paragraph(
         "Differences are augmented minus real-only MAE on the same real test scans (negative = better), averaged over "
         f"{config.bap.seeds} training seed(s); CIs resample test subjects (paired bootstrap). The sparse bins are the "
-        f"{len(sparse)} age bins with the fewest real training scans. "
+        f"{len(sparse)} age bins with the fewest real training scans. Training runs for the same number of epochs at "
+        "every ratio, so runs with synthetic data also take more optimiser steps; an effect that disappears when "
+        "real-only training is given more epochs is an effect of training length, not of the synthetic brains. "
         + (
             "The cohort is the ageing phantom: a test bed with known ground truth, not real brains; conclusions about "
             "real data need real data."
