@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowlet.data.grid import mni_grid
 from flowlet.data.nifti import save_volume
 from flowlet.guidance import ABLATIONS, ModelVelocity
 from flowlet.solvers import SOLVERS, TIME_GRIDS, get_solver, get_time_grid
@@ -51,8 +52,9 @@ __all__ = [
     "write_volumes",
 ]
 
-MNI_2MM_AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
-MNI_1MM_AFFINE = np.array([[-1.0, 0, 0, 90], [0, 1, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+# The MNI grids are defined once, in flowlet.data.grid; these names stay for callers of this module.
+MNI_2MM_AFFINE = mni_grid(2).affine.copy()
+MNI_1MM_AFFINE = mni_grid(1).affine.copy()
 AFFINES = ("mni", "identity")
 _AUTOCAST = {
     None: None,
@@ -349,10 +351,10 @@ def resolve_affine(kind: str, shape: Sequence[int], bundle_affine: np.ndarray | 
         return np.eye(4)
     if kind != "mni":
         raise ValueError(f"unknown affine '{kind}'; choose from {list(AFFINES)}")
-    if shape == (91, 109, 91):
-        return MNI_2MM_AFFINE.copy()
-    if shape == (182, 218, 182):
-        return MNI_1MM_AFFINE.copy()
+    for voxel_size in (2, 1):
+        grid = mni_grid(voxel_size)
+        if shape == grid.shape:
+            return grid.affine.copy()
     if bundle_affine is not None:
         return np.asarray(bundle_affine, dtype=np.float64)
     raise ValueError(
