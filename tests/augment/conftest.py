@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from checkpoint_helpers import write_random_checkpoint
 
-from flowlet.checkpoint import save_bundle
 from flowlet.data.nifti import save_volume
-from flowlet.models import ConditionalUNet, UNetConfig
+from flowlet.models import UNetConfig
 
 TINY_AFFINE = np.diag([-8.0, 8.0, 8.0, 1.0])
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
     config = UNetConfig(
         model_channels=8,
         channel_mult=(1, 2),
@@ -24,21 +22,14 @@ def tiny_checkpoint(tmp_path_factory) -> str:
         norm_num_groups=4,
         condition_embedding_dim=16,
     )
-    model = ConditionalUNet(config)
-    with torch.no_grad():  # random non-zero weights so that age changes the output
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_bundle(
+    write_random_checkpoint(
         path,
-        model,
         config,
-        condition_ranges={"Age": (10.0, 90.0)},
         model_input_size=(8, 8, 8),
         save_size=(7, 8, 6),
-        path_name="rectified",
-        provenance={"purpose": "tests"},
         affine=TINY_AFFINE,
+        age_range=(10.0, 90.0),
     )
     return str(path)
 

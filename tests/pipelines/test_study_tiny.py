@@ -7,18 +7,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from checkpoint_helpers import write_random_checkpoint
 
-from flowlet.checkpoint import save_bundle
 from flowlet.data.grid import mni_grid
-from flowlet.models import ConditionalUNet, UNetConfig
+from flowlet.models import UNetConfig
 from pipelines.study.cli import main
 
 
 @pytest.fixture(scope="module")
 def tiny_generator(tmp_path_factory) -> str:
-    torch.manual_seed(0)
     config = UNetConfig(
         model_channels=8,
         channel_mult=(1, 2),
@@ -28,21 +26,15 @@ def tiny_generator(tmp_path_factory) -> str:
         condition_embedding_dim=16,
         num_res_blocks=1,
     )
-    model = ConditionalUNet(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("gen") / "tiny-4mm.pt"
-    save_bundle(
+    write_random_checkpoint(
         path,
-        model,
         config,
-        condition_ranges={"Age": (8.0, 90.0)},
         model_input_size=(48, 56, 48),
         save_size=(46, 55, 46),
-        path_name="rectified",
-        provenance={"purpose": "tests"},
         affine=mni_grid(4).affine,
+        age_range=(8.0, 90.0),
+        scale=0.02,
     )
     return str(path)
 

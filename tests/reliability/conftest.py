@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import write_random_checkpoint
 from reliability_helpers import AFFINE, TINY_UNET, CliResult, Payload, write_table_cohort
 
-from flowlet.checkpoint import save_bundle
-from flowlet.models import ConditionalUNet, UNetConfig
+from flowlet.models import UNetConfig
 
 
 @pytest.fixture
@@ -67,23 +67,15 @@ def full_disk(monkeypatch) -> Callable[[int], None]:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight FlowLet checkpoint on 8³ images, ages 10-90, exported at 8³ with a 4 mm affine."""
-    torch.manual_seed(0)
-    config = UNetConfig(**TINY_UNET)
-    model = ConditionalUNet(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_bundle(
+    write_random_checkpoint(
         path,
-        model,
-        config,
-        condition_ranges={"Age": (10.0, 90.0)},
+        UNetConfig(**TINY_UNET),
         model_input_size=(8, 8, 8),
         save_size=(8, 8, 8),
-        path_name="rectified",
-        provenance={"purpose": "reliability tests"},
         affine=AFFINE,
+        age_range=(10.0, 90.0),
+        purpose="reliability tests",
     )
     return path
 
