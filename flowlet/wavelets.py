@@ -5,9 +5,12 @@ VAE latents. Unlike a VAE the codec is exact: :func:`idwt3d` inverts :func:`dwt3
 transform preserves the Euclidean norm.
 
 Per axis, neighbouring samples ``(a, b) = (x[2i], x[2i+1])`` become ``L = (a + b)/√2`` and ``H = (a - b)/√2``.
-The transform is written with reshapes: the volume is viewed as ``(B, C, D/2, 2, H/2, 2, W/2, 2)`` and each
-trailing pair axis is replaced by its (L, H) butterfly. No dense matrices are built, so the cost is linear in the
-number of voxels and any even size works, cubic or not.
+In 3-D each 2×2×2 block of voxels maps to its 8 band coefficients through one fixed orthogonal 8×8 matrix
+(:data:`HAAR_MATRIX`, the Kronecker product of three 2×2 Haar matrices). The forward transform is a stride-2
+``conv3d`` with those 8 filters and the inverse an 8×8 matrix product followed by a reshape that puts every voxel
+back into its block: one pass over memory each way, no dense ``n × n`` matrices, so the cost is linear in the
+number of voxels and any even size works, cubic or not. Both are differentiable and run in the input's dtype
+(autocast is switched off inside, so bf16 autocast never degrades the codec).
 
 Band order (:data:`BAND_NAMES`): the letters are the (D, H, W) axes, so ``LLH`` is low-pass in depth and height
 and high-pass in width. This equals ``pywt.dwtn(x, "haar")`` keys ``aaa, aad, ada, add, daa, dad, dda, ddd`` and
@@ -21,23 +24,28 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BAND_NAMES", "HaarCodec", "dwt3d", "idwt3d"]
+__all__ = ["BAND_NAMES", "HAAR_MATRIX", "HaarCodec", "dwt3d", "idwt3d"]
 
 BAND_NAMES: tuple[str, ...] = ("LLL", "LLH", "LHL", "LHH", "HLL", "HLH", "HHL", "HHH")
 _AXES = ("D", "H", "W")
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-def _butterfly(x: Tensor, dim: int) -> Tensor:
-    """Replace the size-2 axis ``dim`` holding ``(a, b)`` by ``((a + b)/√2, (a - b)/√2)``.
+def _haar_matrix() -> Tensor:
+    pair = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64) / math.sqrt(2.0)
+    # Row k = 4·kd + 2·kh + kw (band), column 4·i + 2·j + l (voxel (i, j, l) of the 2×2×2 block).
+    return torch.einsum("ai,bj,ck->abcijk", pair, pair, pair).reshape(8, 8)
 
-    The 2×2 Haar matrix ``[[1, 1], [1, -1]]/√2`` is symmetric and orthogonal, hence its own inverse, so the same
-    butterfly serves both the forward and the inverse transform.
-    """
-    a, b = x.unbind(dim)
-    return torch.stack((a + b, a - b), dim=dim) * _INV_SQRT2
+
+#: ``(8, 8)`` float64 orthogonal matrix from the voxels of a 2×2×2 block (row-major ``d, h, w``) to its bands.
+HAAR_MATRIX: Tensor = _haar_matrix()
+
+
+def _matrix(like: Tensor) -> Tensor:
+    dtype = like.dtype if like.is_floating_point() else torch.float32
+    return HAAR_MATRIX.to(device=like.device, dtype=dtype)
 
 
 def _check_even(shape: Sequence[int]) -> None:
@@ -70,12 +78,10 @@ def dwt3d(x: Tensor) -> Tensor:
         raise ValueError(f"dwt3d expects a 5-D tensor (B, C, D, H, W), got shape {tuple(x.shape)}")
     b, c, d, h, w = x.shape
     _check_even((d, h, w))
-    y = x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2)
-    for dim in (3, 5, 7):
-        y = _butterfly(y, dim)
-    # (B, C, D2, kd, H2, kh, W2, kw) -> (B, C, kd, kh, kw, D2, H2, W2): band index k = 4·kd + 2·kh + kw.
-    y = y.permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return y.reshape(b, c * 8, d // 2, h // 2, w // 2)
+    weight = _matrix(x).reshape(8, 1, 2, 2, 2)
+    with torch.autocast(x.device.type, enabled=False):
+        bands = F.conv3d(x.reshape(b * c, 1, d, h, w).to(weight.dtype), weight, stride=2)
+    return bands.reshape(b, c * 8, d // 2, h // 2, w // 2)
 
 
 def idwt3d(bands: Tensor) -> Tensor:
@@ -95,9 +101,11 @@ def idwt3d(bands: Tensor) -> Tensor:
             f"idwt3d expects (B, 8·C, d, h, w) with a channel count divisible by 8, got shape {tuple(bands.shape)}"
         )
     b, c8, d, h, w = bands.shape
-    y = bands.reshape(b, c8 // 8, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    for dim in (3, 5, 7):
-        y = _butterfly(y, dim)
+    matrix = _matrix(bands)
+    with torch.autocast(bands.device.type, enabled=False):
+        blocks = torch.matmul(matrix.T, bands.reshape(b * c8 // 8, 8, d * h * w).to(matrix.dtype))
+    # (B·C, i, j, l, d, h, w) -> (B·C, d, i, h, j, w, l): each voxel back to its place in its block.
+    y = blocks.reshape(b * c8 // 8, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
     return y.reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowlet.wavelets import BAND_NAMES, HaarCodec, dwt3d, idwt3d
+from flowlet.wavelets import BAND_NAMES, HAAR_MATRIX, HaarCodec, dwt3d, idwt3d
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 
@@ -97,3 +97,33 @@ def test_codec_interface_and_gradients():
     x = torch.randn(1, 1, 2, 4, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: codec.decode(codec.encode(v) * 2.0), (x,))
     assert torch.autograd.gradcheck(codec.encode, (x,))
+
+
+def test_matches_per_axis_butterflies_on_non_cubic_input():
+    x = torch.randn(2, 1, 6, 4, 10, dtype=torch.float64)
+    bands = dwt3d(x)
+    s = 1.0 / math.sqrt(2.0)
+    for kd in range(2):
+        for kh in range(2):
+            for kw in range(2):
+                expected = x
+                for axis, k in ((2, kd), (3, kh), (4, kw)):
+                    even = expected.index_select(axis, torch.arange(0, expected.shape[axis], 2))
+                    odd = expected.index_select(axis, torch.arange(1, expected.shape[axis], 2))
+                    expected = (even + odd) * s if k == 0 else (even - odd) * s
+                band = 4 * kd + 2 * kh + kw
+                torch.testing.assert_close(bands[:, band : band + 1], expected)
+
+
+def test_haar_matrix_is_orthogonal():
+    eye = torch.eye(8, dtype=torch.float64)
+    torch.testing.assert_close(HAAR_MATRIX @ HAAR_MATRIX.T, eye)
+
+
+def test_autocast_does_not_lower_the_codec_precision():
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bands = dwt3d(x)
+        back = idwt3d(bands)
+    assert bands.dtype == torch.float32 and back.dtype == torch.float32
+    torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
