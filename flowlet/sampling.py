@@ -71,28 +71,32 @@ class SamplingConfig:
 
     Attributes:
         solver: registered ODE solver (``flowlet.solvers.SOLVERS``); ``euler`` is the official sampler.
-        num_steps: solver steps (network calls = steps x ``evals_per_step`` x (2 with guidance)). The default
-            50 Heun steps cost the same 100 network calls as the official 100-step Euler.
+        num_steps: solver steps (network calls = steps x ``evals_per_step`` x (2 with guidance)). The default,
+            midpoint x 10 steps on the cosine grid (20 network calls), reached the error of the official 100-step
+            Euler on the trained demo model at a fifth of the cost (``docs/benchmarks.md`` §4.2).
         guidance_scale: classifier-free guidance scale; 1 = none.
         ablation: conditioning mechanisms (``flowlet.guidance.ABLATIONS``).
         batch_size: samples per network call; peak memory grows linearly with it.
-        time_grid: registered time grid (``flowlet.solvers.TIME_GRIDS``).
+        time_grid: registered time grid (``flowlet.solvers.TIME_GRIDS``); None (default) = ``uniform`` for
+            ``euler`` (the official sampler) and ``cosine`` for the other solvers.
         clamp: clamp the decoded image to [-1, 1] (official) before export.
         device: torch device for the network.
         autocast_dtype: ``"bf16"`` / ``"fp16"`` for CUDA autocast of the network (state stays float32), or None.
     """
 
-    solver: str = "heun"
-    num_steps: int = 50
+    solver: str = "midpoint"
+    num_steps: int = 10
     guidance_scale: float = 1.0
     ablation: str = "baseline"
     batch_size: int = 4
-    time_grid: str = "uniform"
+    time_grid: str | None = None
     clamp: bool = True
     device: str = "cpu"
     autocast_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.time_grid is None:
+            object.__setattr__(self, "time_grid", "uniform" if self.solver == "euler" else "cosine")
         for field, value, registry in (
             ("solver", self.solver, SOLVERS),
             ("ablation", self.ablation, ABLATIONS),

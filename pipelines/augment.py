@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, help="base seed; sample i uses a seed derived from (seed, i)"
     )
-    p.add_argument("--solver", default="heun", help="euler | heun | midpoint | rk4 (default heun)")
-    p.add_argument("--steps", type=int, default=10, help="solver steps (default 10)")
+    p.add_argument("--solver", default="midpoint", help="euler | heun | midpoint | rk4 (default midpoint)")
+    p.add_argument("--steps", type=int, default=10, help="solver steps (default 10 = 20 network calls)")
+    p.add_argument("--time-grid", help="uniform | shifted | cosine (default: uniform for euler, else cosine)")
     p.add_argument(
         "--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
     )
@@ -66,8 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--affine", default="mni", choices=("mni", "identity"), help="affine of the written volumes"
     )
-    p.add_argument("--shard", default="0/1", help="I/N: generate only samples with index %% N == I")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        help="I/N: generate only the batches with batch index %% N == I (batches of --batch-size samples in "
+        "sample order: the union of shards equals one unsharded run with the same --batch-size and --threads); "
+        "run shards 0..N-1 into one --out",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -99,8 +107,9 @@ class AugmentOptions:
     min_per_bin: int = 0
     allow_extrapolation: bool = False
     seed: int = 0
-    solver: str = "heun"
+    solver: str = "midpoint"
     steps: int = 10
+    time_grid: str | None = None
     guidance_scale: float = 1.0
     batch_size: int = 8
     save_size: tuple[int, int, int] | None = None
@@ -165,6 +174,7 @@ def augment(real_ages, options: AugmentOptions):
     sampling = SamplingConfig(
         solver=options.solver,
         num_steps=options.steps,
+        time_grid=options.time_grid,
         guidance_scale=options.guidance_scale,
         batch_size=options.batch_size,
         device=device,
@@ -205,6 +215,10 @@ def augment(real_ages, options: AugmentOptions):
 def run(args: argparse.Namespace) -> int:
     from flowlet.data.cohort import load_cohort
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     options = AugmentOptions(
         checkpoint=args.checkpoint,
         out=args.out,
@@ -218,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         solver=args.solver,
         steps=args.steps,
+        time_grid=args.time_grid,
         guidance_scale=args.guidance_scale,
         batch_size=args.batch_size,
         save_size=tuple(args.save_size) if args.save_size else None,

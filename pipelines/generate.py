@@ -65,14 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_synthetic", type=int, default=10, help="samples per condition (default 10)")
     p.add_argument(
-        "--num_flow_steps", type=int, help="solver steps (default: config value for euler, 50 for heun)"
+        "--num_flow_steps",
+        type=int,
+        help="solver steps (default: the config's value, else 100, for euler; 10 for the other solvers)",
     )
     p.add_argument(
         "--solver",
-        help="euler | heun | midpoint | rk4 (default: euler for an official checkpoint "
-        "when --num_flow_steps is given, else heun)",
+        help="euler | heun | midpoint | rk4 (default: euler for an official checkpoint when --num_flow_steps "
+        "is given, as the official script; else midpoint: 10 steps on the cosine grid = 20 network calls)",
     )
-    p.add_argument("--time-grid", "--time_grid", default="uniform", help="uniform | shifted | cosine")
+    p.add_argument(
+        "--time-grid",
+        "--time_grid",
+        help="uniform | shifted | cosine (default: uniform for euler, as the official sampler; else cosine)",
+    )
     p.add_argument(
         "--save_size", type=int, nargs=3, help="export crop (default: the checkpoint's, else 91 109 91)"
     )
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda falls back to cpu)")
     p.add_argument("--batch_size", type=int, default=4, help="samples per network call (memory ~ linear)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--ablation",
         nargs="+",
@@ -157,7 +164,8 @@ def resolve_sampling(args: argparse.Namespace, bundle):
 
     solver = args.solver
     if solver is None:
-        solver = "euler" if bundle.source_format == "official" and args.num_flow_steps is not None else "heun"
+        official_euler = bundle.source_format == "official" and args.num_flow_steps is not None
+        solver = "euler" if official_euler else SamplingConfig.solver
     steps = args.num_flow_steps
     if steps is None:
         steps = (bundle.num_flow_steps or 100) if solver == "euler" else SamplingConfig.num_steps
@@ -236,6 +244,10 @@ def run(args: argparse.Namespace) -> Path:
 
     if args.model_input_size is not None:
         logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from flowlet.assets import resolve_checkpoint
 
     bundle = load_bundle(

@@ -69,8 +69,9 @@ class AugmentSection:
     min_per_bin: int = 0
     allow_extrapolation: bool = False
     seed: int = 0
-    solver: str = "heun"
+    solver: str = "midpoint"
     steps: int = 10
+    time_grid: str | None = None
     guidance_scale: float = 1.0
     batch_size: int = 8
 

@@ -160,6 +160,7 @@ def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         seed=a.seed,
         solver=a.solver,
         steps=a.steps,
+        time_grid=a.time_grid,
         guidance_scale=a.guidance_scale,
         batch_size=a.batch_size,
         config_path=generator.get("config_path"),

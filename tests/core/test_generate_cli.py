@@ -124,11 +124,13 @@ def test_condition_parsing_and_folders():
 @pytest.mark.parametrize(
     ("source", "steps_flag", "solver_flag", "expected"),
     [
-        ("official", 7, None, ("euler", 7)),
-        ("official", None, None, ("heun", 50)),
-        ("official", None, "euler", ("euler", 4)),
-        ("flowlet", 7, None, ("heun", 7)),
-        ("flowlet", None, "rk4", ("rk4", 50)),
+        ("official", 7, None, ("euler", 7, "uniform")),
+        ("official", None, None, ("midpoint", 10, "cosine")),
+        ("official", None, "euler", ("euler", 4, "uniform")),
+        ("flowlet", 7, None, ("midpoint", 7, "cosine")),
+        ("flowlet", None, None, ("midpoint", 10, "cosine")),
+        ("flowlet", None, "euler", ("euler", 100, "uniform")),
+        ("flowlet", None, "rk4", ("rk4", 10, "cosine")),
     ],
 )
 def test_solver_and_step_defaults(source, steps_flag, solver_flag, expected):
@@ -148,6 +150,6 @@ def test_solver_and_step_defaults(source, steps_flag, solver_flag, expected):
     ]
     argv += [] if steps_flag is None else ["--num_flow_steps", str(steps_flag)]
     argv += [] if solver_flag is None else ["--solver", solver_flag]
-    bundle = SimpleNamespace(source_format=source, num_flow_steps=4)
+    bundle = SimpleNamespace(source_format=source, num_flow_steps=4 if source == "official" else None)
     config = resolve_sampling(build_parser().parse_args(argv), bundle)
-    assert (config.solver, config.num_steps) == expected
+    assert (config.solver, config.num_steps, config.time_grid) == expected
