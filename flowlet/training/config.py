@@ -337,7 +337,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str], *, source:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"{source}: override {item!r}: the value is not a plain YAML scalar, list or mapping ({problem})"
+            ) from None
         if isinstance(
             value, str
         ):  # "1e-4" is a string to YAML 1.1; numbers written that way are meant as floats

@@ -6,6 +6,7 @@ Random-number-generator states of Python, NumPy and torch (CPU and CUDA) are con
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,14 @@ def load_train_state(path: str | Path, map_location: str | torch.device = "cpu")
     Raises:
         ValueError: the file is not a FlowLet training state (names the file and what was found).
     """
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path}: cannot be read as a FlowLet training state (a torch.save file of tensors and plain "
+            f"values; delete it to start afresh): {reason}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(

@@ -130,6 +130,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.bad_validations = 0
         self.window: list[dict[str, float]] = []  # per-step scalars since the last metrics row
+        self._checkpointed = False  # set once fit() has written a checkpoint
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_data(self, cohort: Cohort | None) -> None:
@@ -324,6 +325,7 @@ class Trainer:
         return self.step // self.steps_per_epoch
 
     def _checkpoint(self, *, latest: bool, best: bool, keep: bool) -> None:
+        self._checkpointed = self._checkpointed or latest or best or keep
         if not self.dist.is_main:
             return
         if latest:
@@ -375,6 +377,13 @@ class Trainer:
 
         tcfg = self.config.training
         resumed = self.resume() if resume else False
+        # Files this call creates; removed again if it fails before its first checkpoint (no partial run folder).
+        fresh = [
+            self.run_dir / name
+            for name in ("config.yaml", "condition_ranges.json", "split.tsv", "metrics.csv")
+            if not (self.run_dir / name).exists()
+        ]
+        self._checkpointed = False
         if self.dist.is_main:
             write_run_files(self.run_dir, self.config, self.condition_ranges, self.split)
         metrics = (
@@ -445,6 +454,14 @@ class Trainer:
             if self.dist.world_size == 1:
                 logger.warning("interrupted at step %d; saving the resumable state", self.step)
                 self._checkpoint(latest=True, best=False, keep=False)
+            raise
+        except Exception:
+            if metrics is not None:
+                metrics.close()
+                metrics = None
+            if self.dist.is_main and not self._checkpointed:
+                for path in fresh:
+                    path.unlink(missing_ok=True)
             raise
         finally:
             bar.close()

@@ -57,10 +57,7 @@ def _check(result, expected, config: Path, marker: Path, out: Path) -> None:
     assert [f for f in leftovers(out) if not f.endswith(".log")] == []
 
 
-XFAIL = {
-    "flowlet-train-override-python-tag": "flowlet.training.config.apply_overrides: a YAML error in a --set value "
-    "escapes as a ConstructorError traceback (it is refused, nothing runs, but the message is not clear)",
-}
+XFAIL: dict[str, str] = {}
 
 
 def _params(command: str, cases: dict) -> list:
@@ -86,7 +83,6 @@ def test_flowlet_train_config(case, cli, tmp_path):
     _check(result, expected, config, marker, out)
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL["flowlet-train-override-python-tag"])
 def test_flowlet_train_override_with_python_tag_is_refused(cli, tmp_path):
     marker = tmp_path / "override-payload-ran"
     out = tmp_path / "run"

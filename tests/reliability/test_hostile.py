@@ -18,10 +18,7 @@ from flowlet.data.io import resolve_inside
 from flowlet.data.nifti import save_volume
 from pipelines import augment, bap_predict, bap_train, generate, train
 
-RESUME_XFAIL = {
-    "flowlet-train --resume": "flowlet.training.state.load_train_state does not wrap torch.load: the payload is "
-    "refused (nothing runs) but the user sees an UnpicklingError traceback, not a message naming state.pt",
-}
+RESUME_XFAIL: dict[str, str] = {}
 
 
 def _flowlet_generate(ckpt: Path, tmp_path: Path):

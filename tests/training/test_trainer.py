@@ -198,3 +198,26 @@ def test_demo_pipeline_help(capsys):
 
     for overrides in ABLATIONS.values():  # every ablation variant is a valid config
         load_train_config(config_path("flowlet", "demo"), overrides)
+
+
+def test_failed_start_leaves_no_run_files_but_keeps_an_earlier_runs(tiny_config, monkeypatch):
+    """A run that fails before its first checkpoint removes the files it created, and only those."""
+
+    def broken(self, batch, step):
+        raise RuntimeError("unreadable batch")
+
+    fresh = Trainer(tiny_config(run="fresh"))
+    monkeypatch.setattr(Trainer, "train_step", broken)
+    with pytest.raises(RuntimeError, match="unreadable batch"):
+        fresh.fit()
+    assert sorted(p.name for p in fresh.run_dir.rglob("*") if p.is_file()) == []
+
+    monkeypatch.undo()
+    earlier = Trainer(tiny_config(run="earlier"))
+    earlier.fit(stop_after=2)
+    before = sorted(p.name for p in earlier.run_dir.rglob("*") if p.is_file())
+    again = Trainer(tiny_config(run="earlier"))
+    monkeypatch.setattr(Trainer, "train_step", broken)
+    with pytest.raises(RuntimeError):
+        again.fit(resume=True)
+    assert sorted(p.name for p in again.run_dir.rglob("*") if p.is_file()) == before
