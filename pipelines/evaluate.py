@@ -3,7 +3,9 @@
 Subcommands (each writes CSV + Markdown + LaTeX tables, PNG figures and the resolved ``config.yaml`` into ``--out``):
 
 * ``regions``: GM/WM/CSF volume (mm³) and mean intensity in every atlas region of every image of a cohort; when
-  the images carry ground truth (``*_volumes.tsv``, as the phantom cohort does), agreement with it as well;
+  the images carry ground truth (``*_volumes.tsv``, as the phantom cohort does), agreement with it as well. With
+  ``--real R --synthetic S``: both cohorts, and per region whether the synthetic volumes follow the real
+  age trajectory and age-matched distribution (``plausibility`` table);
 * ``quality``: age-trajectory fidelity, age-matched W1/KS per region, the paper's ROI metrics on age-matched
   pairs, MS-SSIM diversity, MMD and Fréchet distance of fixed image features;
 * ``privacy``: nearest-training-image correlation of every synthetic image against the held-out baseline;
@@ -24,6 +26,7 @@ logger = logging.getLogger("flowlet.eval")
 EXAMPLE = """examples:
   flowlet-phantoms --n 100 --out phantoms --seed 0
   flowlet-eval regions --cohort phantoms --out eval/regions --atlas harvard-oxford
+  flowlet-eval regions --atlas harvard-oxford --real phantoms --synthetic synth --out eval/plausibility
   flowlet-eval quality --real phantoms --synthetic synth/cohort.tsv --out eval/quality
   flowlet-eval privacy --train train.tsv --holdout test.tsv --synthetic synth/cohort.tsv --out eval/privacy
   flowlet-eval tables --inputs eval/quality eval/quality-ablation --names FlowLet Ablation --out eval/tables
@@ -60,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("--cohort", required=True, help="BIDS folder or cohort table (see flowlet.data.cohort)")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cohort", help="BIDS folder or cohort table (see flowlet.data.cohort)")
+    which.add_argument("--real", help="real cohort; with --synthetic, compare the two region by region")
+    r.add_argument("--synthetic", help="synthetic cohort (e.g. a flowlet-augment output), with --real")
     q = sub.add_parser(
         "quality",
         parents=[common],
@@ -275,10 +281,9 @@ def run_quality(
     progress: bool = True,
 ) -> Path:
     """Real-versus-synthetic fidelity: trajectories, distances, ROI metrics, diversity, feature distances."""
-    from analysis import metrics, tables
+    from analysis import tables
     from analysis.evaluation import measure_cohort
-    from analysis.figures import plot_trajectories
-    from analysis.quality import image_metrics, key_region_rows, roi_rows
+    from analysis.quality import image_metrics, roi_rows
     from flowlet.data.io import write_json_atomic, write_table_atomic
 
     vol = _volumetrics(config, registration, progress)
@@ -292,24 +297,8 @@ def run_quality(
             ),
         )
     (real_table, m_real), (syn_table, m_syn) = sets["real"], sets[name]
-    write_table_atomic(out / "volumes_real.tsv", m_real.volumes)
-    write_table_atomic(out / "volumes_synthetic.tsv", m_syn.volumes)
     q = config.quality
-    traj = metrics.trajectory_fidelity(m_real.volumes, m_syn.volumes, alpha=q.alpha)
-    dist = metrics.age_matched_distances(m_real.volumes, m_syn.volumes, age_bins=config.age_bins)
-    write_table_atomic(out / "trajectory.csv", traj)
-    write_table_atomic(out / "distances.csv", dist)
-    tables.write_table(
-        key_region_rows(traj.merge(dist, on=["region", "tissue"]), config.key_regions),
-        out,
-        "key_regions",
-        caption=f"Age trajectories and age-matched distances: real vs {name}",
-    )
-    plot_trajectories(
-        {"real": m_real.volumes, name: m_syn.volumes},
-        _present(m_real.volumes, config.key_regions),
-        out / "volume_vs_age.png",
-    )
+    traj = _regional_fidelity(m_real.volumes, m_syn.volumes, config, out, name)
     rows = roi_rows(real_table, syn_table, m_real, m_syn, vol.region_names_, q)
     write_table_atomic(out / "roi_pairs.csv", rows)
     tables.write_table(
@@ -333,6 +322,89 @@ def run_quality(
             "n_pairs": int(rows["pair"].nunique()) if len(rows) else 0,
             "trajectory_flagged": traj.loc[traj["flagged"], ["region", "tissue"]].values.tolist(),
             **{r.metric: r.value for r in image_metrics.itertuples()},
+        },
+    )
+    _write_config(out, config, registration=registration, real=str(real), synthetic=str(synthetic), name=name)
+    return out
+
+
+def _regional_fidelity(real_volumes, syn_volumes, config, out: Path, name: str):
+    """Volumes of both sets, per-region trajectory fidelity and age-matched distances, key-region table and plot.
+
+    Returns the trajectory table (one row per region and tissue, with ``flagged``).
+    """
+    from analysis import metrics, tables
+    from analysis.figures import plot_trajectories
+    from analysis.quality import key_region_rows
+    from flowlet.data.io import write_table_atomic
+
+    write_table_atomic(out / "volumes_real.tsv", real_volumes)
+    write_table_atomic(out / "volumes_synthetic.tsv", syn_volumes)
+    traj = metrics.trajectory_fidelity(real_volumes, syn_volumes, alpha=config.quality.alpha)
+    dist = metrics.age_matched_distances(real_volumes, syn_volumes, age_bins=config.age_bins)
+    write_table_atomic(out / "trajectory.csv", traj)
+    write_table_atomic(out / "distances.csv", dist)
+    tables.write_table(
+        key_region_rows(traj.merge(dist, on=["region", "tissue"]), config.key_regions),
+        out,
+        "key_regions",
+        caption=f"Age trajectories and age-matched distances: real vs {name}",
+    )
+    plot_trajectories(
+        {"real": real_volumes, name: syn_volumes},
+        _present(real_volumes, config.key_regions),
+        out / "volume_vs_age.png",
+    )
+    return traj.merge(dist, on=["region", "tissue"], how="left")
+
+
+def run_regions_pair(
+    real: str,
+    synthetic: str,
+    out: Path,
+    config,
+    *,
+    name: str = "synthetic",
+    registration: str = "demons",
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Region-by-region plausibility of a synthetic cohort against a real one (volumes only, no image metrics).
+
+    Writes both volume tables, ``trajectory.csv``, ``distances.csv``, the key-region table, the volume-versus-age
+    figure and ``plausibility.{csv,md,tex}``: every region and tissue with its real and synthetic age slopes, their
+    difference with its CI, the age-matched Wasserstein/KS distances, and ``flagged`` where the synthetic slope
+    differs from the real one.
+    """
+    from analysis import tables
+    from analysis.evaluation import measure_cohort
+    from flowlet.data.io import write_json_atomic
+
+    start = time.perf_counter()
+    vol = _volumetrics(config, registration, progress)
+    measured = {}
+    for label, source in (("real", real), (name, synthetic)):
+        cohort = _cohort(source, limit)
+        measured[label] = (
+            cohort,
+            measure_cohort(
+                cohort, vol, combined_regions=config.combined_regions, features=False, progress=progress
+            ),
+        )
+    table = _regional_fidelity(measured["real"][1].volumes, measured[name][1].volumes, config, out, name)
+    tables.write_table(table, out, "plausibility", caption=f"Region-by-region plausibility: real vs {name}")
+    flagged = table.loc[table["flagged"], ["region", "tissue"]].values.tolist()
+    logger.info("%d of %d region/tissue trajectories flagged", len(flagged), len(table))
+    write_json_atomic(
+        out / "summary.json",
+        {
+            "name": name,
+            "n_real": len(measured["real"][0]),
+            "n_synthetic": len(measured[name][0]),
+            "seconds": round(time.perf_counter() - start, 2),
+            "atlas": vol.atlas_.name,
+            "registration": registration,
+            "trajectory_flagged": flagged,
         },
     )
     _write_config(out, config, registration=registration, real=str(real), synthetic=str(synthetic), name=name)
@@ -464,7 +536,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         progress = not getattr(args, "no_progress", True)
         options = {"limit": args.limit, "progress": progress} if args.command != "tables" else {}
-        if args.command == "regions":
+        if args.command == "regions" and args.real is not None:
+            if args.synthetic is None:
+                raise ValueError("regions --real needs --synthetic (or use --cohort for one cohort)")
+            run_regions_pair(
+                args.real, args.synthetic, args.out, config, registration=args.registration, **options
+            )
+        elif args.command == "regions":
+            if args.synthetic is not None:
+                raise ValueError("regions --synthetic goes with --real, not with --cohort")
             run_regions(args.cohort, args.out, config, registration=args.registration, **options)
         elif args.command == "quality":
             run_quality(

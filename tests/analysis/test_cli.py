@@ -160,3 +160,20 @@ def test_bad_config_key_is_reported(tmp_path, caplog):
         main(["regions", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
     )
     assert "nmae" in caplog.text
+
+
+def test_regions_real_versus_synthetic_writes_the_plausibility_table(phantoms_4mm, tmp_path):
+    """``regions --real R --synthetic S``: the issue's command; a set against itself flags nothing."""
+    args = ["--voxel-size", "4", "--no-progress", "--registration", "none", *_custom_atlas(phantoms_4mm)]
+    cohort = str(phantoms_4mm)
+    out = tmp_path / "pair"
+    code = main(
+        ["regions", "--real", cohort, "--synthetic", cohort, "--out", str(out), "--limit", "6", *args]
+    )
+    assert code == 0
+    table = pd.read_csv(out / "plausibility.csv")
+    assert {"region", "tissue", "flagged"} <= set(table.columns)
+    assert "lateral-ventricles" in set(table["region"])
+    assert not table["flagged"].any()
+    assert json.loads((out / "summary.json").read_text())["n_synthetic"] == 6
+    assert main(["regions", "--real", cohort, "--out", str(tmp_path / "x"), *args]) == 2
