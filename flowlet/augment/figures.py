@@ -36,7 +36,9 @@ def plot_histograms(plan: AugmentationPlan, path: str | Path) -> Path:
     ax.set_xlabel("age bin (years)")
     ax.set_ylabel("brains")
     ax.set_title(f"age histogram: real + synthetic vs target ({plan.target})", fontsize=10)
-    ax.legend(frameon=False, fontsize=8)
+    top = max(float(np.max(target)), float(table["combined_count"].max()), 1.0)
+    ax.set_ylim(0, 1.3 * top)  # room above the bars for the target line and the legend
+    ax.legend(fontsize=8, ncols=3, loc="upper center")
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
