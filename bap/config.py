@@ -102,6 +102,10 @@ class TrainConfig:
         bf16: bf16 autocast when running on CUDA (ignored on CPU).
         num_threads: CPU threads for torch (0 = leave torch's default).
         save_every: also keep ``epoch-XXXX.pt`` every this many epochs (0 = never).
+        epoch_size: ``all`` (every training scan, real and synthetic, once per epoch) or ``real`` (each epoch draws
+            as many scans as there are *real* training scans from the whole training pool, a fresh random subset
+            every epoch). ``real`` gives every synthetic ratio the same number of optimiser steps, so a comparison
+            across ratios is not confounded by training length.
     """
 
     loss: str = "l1"
@@ -121,6 +125,7 @@ class TrainConfig:
     bf16: bool = True
     num_threads: int = 0
     save_every: int = 0
+    epoch_size: str = "all"
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ _CHOICES = {
     ("train", "loss"): ("l1", "sfcn_kl"),
     ("train", "optimizer"): ("adamw", "sgd"),
     ("train", "schedule"): ("cosine", "cosine_restarts", "constant"),
+    ("train", "epoch_size"): ("all", "real"),
     ("data", "normalisation"): ("minmax", "zscore", "none"),
     ("data", "synthetic_strategy"): ("uniform", "balanced"),
 }

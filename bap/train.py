@@ -120,6 +120,33 @@ def predict_images(
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
+class EpochSubsetSampler(torch.utils.data.Sampler):
+    """Each epoch, a fresh random subset of ``per_epoch`` indices out of ``n`` (seeded by ``seed + epoch``),
+    split across ``world`` processes (every process gets the same count; the subset is trimmed to a multiple).
+
+    With ``per_epoch`` = the number of real training scans, an epoch has the same number of optimiser steps
+    whatever the synthetic ratio.
+    """
+
+    def __init__(self, n: int, per_epoch: int, *, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if not 0 < per_epoch <= n:
+            raise ValueError(f"per_epoch must be in 1..{n}, got {per_epoch}")
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.per_process = per_epoch // world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        chosen = torch.randperm(self.n, generator=g)[: self.per_process * self.world]
+        return iter(chosen[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_process
+
+
 def _dist_setup(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -227,9 +254,13 @@ def train(
         shift=cfg.data.shift_voxels,
         seed=cfg.train.seed,
     )
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=world > 1
-    )
+    if cfg.train.epoch_size == "real":
+        n_real = int((data.table[SOURCE].to_numpy()[train_idx] == "real").sum())
+        sampler = EpochSubsetSampler(len(dataset), n_real, seed=cfg.train.seed, rank=rank, world=world)
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed, drop_last=world > 1
+        )
     drop_last = len(dataset) // world > cfg.train.batch_size
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=drop_last)
     base = {

@@ -197,3 +197,44 @@ def test_cli_compare_writes_paired_table(tiny_real, tiny_synthetic, tmp_path):
         )
     )
     assert len(syn_rows) == round(0.5 * n_real_train) and set(syn_rows.split) == {"train"}
+
+
+def test_epoch_subset_sampler_draws_a_fresh_fixed_size_subset_each_epoch():
+    from bap.train import EpochSubsetSampler
+
+    sampler = EpochSubsetSampler(30, 12, seed=3)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 12 and len(set(first)) == 12 and max(first) < 30
+    assert list(sampler) == first  # same epoch, same subset
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    shards = [list(EpochSubsetSampler(30, 12, seed=3, rank=r, world=2)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 6 and sorted(shards[0] + shards[1]) == sorted(first)
+    with pytest.raises(ValueError, match="per_epoch"):
+        EpochSubsetSampler(5, 6)
+
+
+def test_epoch_size_real_gives_every_ratio_the_real_number_of_samples(
+    tiny_real, tiny_synthetic, tmp_path, monkeypatch
+):
+    import bap.train as bap_train_module
+
+    seen = []
+    original = bap_train_module.EpochSubsetSampler
+
+    class Spy(original):
+        def __init__(self, n, per_epoch, **kwargs):
+            seen.append((n, per_epoch))
+            super().__init__(n, per_epoch, **kwargs)
+
+    monkeypatch.setattr(bap_train_module, "EpochSubsetSampler", Spy)
+    cohort = load_cohort(tiny_real).table
+    synthetic = load_cohort(tiny_synthetic).table
+    for ratio in (0.0, 1.0):
+        cfg = config_from_dict({**TINY, "train": {**TINY["train"], "epochs": 1, "epoch_size": "real"},
+                                "data": {"synthetic_ratio": ratio}})  # fmt: skip
+        data = prepare_data(cohort, cfg.data, synthetic=synthetic)
+        train(cfg, data, tmp_path / f"r{ratio}", progress=False)
+    (n0, k0), (n1, k1) = seen
+    assert k0 == k1 == n0  # the real training scans, whatever the ratio
+    assert n1 == 2 * n0  # the pool doubled with ratio 1.0
