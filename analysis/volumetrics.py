@@ -210,6 +210,9 @@ class RegionVolumetrics:
         fine_iterations: EM iterations of the full-resolution segmentation after registration (it starts from the
             coarse pass' class parameters and bias field).
         demons_smoothing: Gaussian width (voxels of the level) regularising the displacement.
+        refine_iterations: demons iterations on the working grid (2 mm by default) after the fine segmentation,
+            starting from the coarse displacement; they move small structures (hippocampus) onto their
+            full-resolution boundaries. 0 keeps the coarse (about 4 mm) registration.
         csf_growth_mm: how far (mm) CSF structures may grow beyond their registered labels (0 disables).
         progress: show a progress bar over images.
 
@@ -230,6 +233,7 @@ class RegionVolumetrics:
         csf_growth_mm: float = 12.0,
         demons_iterations: tuple[int, ...] = (60, 30),
         demons_smoothing: float = 1.0,
+        refine_iterations: int = 10,
         fine_iterations: int = 3,
         progress: bool = False,
     ) -> None:
@@ -240,6 +244,7 @@ class RegionVolumetrics:
         self.csf_growth_mm = csf_growth_mm
         self.demons_iterations = demons_iterations
         self.demons_smoothing = demons_smoothing
+        self.refine_iterations = refine_iterations
         self.fine_iterations = fine_iterations
         self.atlas = atlas
         self.grid = grid
@@ -305,6 +310,7 @@ class RegionVolumetrics:
         self.coarse_factor_ = k
         self.coarse_segmenter_ = TissueSegmenter(grid=grid, priors=priors, **params).fit()
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
+        self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 
     def segment(self, volume: Volume) -> tuple[TissueMaps, np.ndarray]:
         """Tissue maps and atlas labels of one image on the working grid.
@@ -337,6 +343,16 @@ class RegionVolumetrics:
         maps = self.segmenter_.transform(
             volume, priors=priors, start=coarse_maps, log_bias=log_bias, n_iter=self.fine_iterations
         )
+        if self.refine_iterations > 0:
+            subject = tissue_index(*(maps.probabilities[t] for t in TISSUES))
+            u = demons_register(
+                subject,
+                self.template_index_fine_,
+                init=u,
+                factors=(1,),
+                iterations=self.refine_iterations,
+                sigma_diffusion=self.demons_smoothing,
+            )
         labels = warp(self.labels_, u, order=0).astype(np.int64)
         if self.csf_growth_mm > 0 and self.csf_ids_:
             steps = int(np.ceil(self.csf_growth_mm / min(self.grid_.voxel_sizes)))
