@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from pipelines.arguments import batch_size_arg
 
 logger = logging.getLogger("flowlet.augment")
 
@@ -61,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
     )
     p.add_argument(
-        "--batch-size", type=int, default=8, help="brains per network call (memory grows linearly)"
+        "--batch-size",
+        type=batch_size_arg,
+        default=8,
+        help="brains per network call (default 8; memory grows linearly), or auto: the largest batch that fits "
+        "80%% of the free GPU memory. Shards must use the same batch size, so give a number with --shard",
     )
     p.add_argument("--save-size", type=int, nargs=3, help="exported shape (default: the checkpoint's)")
     p.add_argument(
@@ -111,7 +117,7 @@ class AugmentOptions:
     steps: int = 10
     time_grid: str | None = None
     guidance_scale: float = 1.0
-    batch_size: int = 8
+    batch_size: int | str = 8
     save_size: tuple[int, int, int] | None = None
     affine: str = "mni"
     shard: str = "0/1"
@@ -150,7 +156,7 @@ def augment(real_ages, options: AugmentOptions):
     from flowlet.augment.plan import draw_ages
     from flowlet.augment.writer import parse_shard, sample_table, sha256_file, write_augmentation
     from flowlet.checkpoint import load_bundle
-    from flowlet.sampling import SamplingConfig, resolve_affine
+    from flowlet.sampling import SamplingConfig, auto_batch_size, resolve_affine
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)
@@ -176,10 +182,16 @@ def augment(real_ages, options: AugmentOptions):
         num_steps=options.steps,
         time_grid=options.time_grid,
         guidance_scale=options.guidance_scale,
-        batch_size=options.batch_size,
+        batch_size=1 if options.batch_size == "auto" else options.batch_size,
         device=device,
         autocast_dtype="bf16" if device.startswith("cuda") else None,
     )
+    if options.batch_size == "auto":
+        if shard.count > 1:
+            raise ValueError(
+                "--batch-size auto cannot be combined with --shard: give every shard the same number"
+            )
+        sampling = replace(sampling, batch_size=auto_batch_size(bundle, sampling))
     generated_by = {
         "Description": "synthetic brains generated to reach a target age histogram",
         "Checkpoint": ckpt.name,

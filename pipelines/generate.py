@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.arguments import batch_size_arg
+
 logger = logging.getLogger("flowlet.generate")
 
 EXAMPLE = """example:
@@ -85,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_input_size", type=int, nargs=3, help="ignored: read from the checkpoint config")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda falls back to cpu)")
-    p.add_argument("--batch_size", type=int, default=4, help="samples per network call (memory ~ linear)")
+    p.add_argument(
+        "--batch_size",
+        type=batch_size_arg,
+        default="auto",
+        help="samples per network call, or auto (default): the largest batch that fits 80%% of the free GPU "
+        "memory (probed), 4 on a CPU",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--ablation",
@@ -160,7 +168,7 @@ def _ablations(names: Sequence[str]) -> list[str]:
 
 def resolve_sampling(args: argparse.Namespace, bundle):
     """Build the :class:`~flowlet.sampling.SamplingConfig` for one ablation from the flags and the bundle."""
-    from flowlet.sampling import SamplingConfig
+    from flowlet.sampling import SamplingConfig, auto_batch_size
 
     solver = args.solver
     if solver is None:
@@ -169,15 +177,18 @@ def resolve_sampling(args: argparse.Namespace, bundle):
     steps = args.num_flow_steps
     if steps is None:
         steps = (bundle.num_flow_steps or 100) if solver == "euler" else SamplingConfig.num_steps
-    return SamplingConfig(
+    config = SamplingConfig(
         solver=solver,
         num_steps=steps,
         guidance_scale=args.guidance_scale,
-        batch_size=args.batch_size,
+        batch_size=1 if args.batch_size == "auto" else args.batch_size,
         time_grid=args.time_grid,
         device=_device(args.device),
         autocast_dtype=None if args.precision == "fp32" else args.precision,
     )
+    if args.batch_size == "auto":
+        config = dataclasses.replace(config, batch_size=auto_batch_size(bundle, config))
+    return config
 
 
 @dataclasses.dataclass

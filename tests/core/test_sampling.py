@@ -273,3 +273,31 @@ def test_affines(tmp_path):
     back = load_volume(paths[1])
     assert np.array_equal(back.data, vols[1]) and np.array_equal(back.affine, MNI_2MM_AFFINE)
     assert back.voxel_volume_mm3 == pytest.approx(8.0)
+
+
+def test_batch_from_probe_fits_the_free_memory():
+    from flowlet.sampling import batch_from_probe
+
+    gib = 2**30
+    # 2 GiB fixed + 1 GiB per sample; 80 % of 40 GiB = 32 GiB -> 30 samples
+    assert batch_from_probe(3 * gib, 4 * gib, 40 * gib) == 30
+    assert batch_from_probe(3 * gib, 4 * gib, 40 * gib, max_batch=8) == 8
+    assert batch_from_probe(3 * gib, 4 * gib, 2 * gib) == 1  # never below 1
+    assert batch_from_probe(3 * gib, 3 * gib, 40 * gib) == 32  # no measurable growth: the cap
+
+
+def test_auto_batch_size_off_cuda_is_the_cpu_default():
+    from flowlet.sampling import CPU_BATCH_SIZE, auto_batch_size
+
+    assert auto_batch_size(object(), SamplingConfig(device="cpu")) == CPU_BATCH_SIZE
+
+
+def test_batch_size_argument():
+    import argparse
+
+    from pipelines.arguments import batch_size_arg
+
+    assert batch_size_arg("auto") == "auto" and batch_size_arg("3") == 3
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer or 'auto'"):
+            batch_size_arg(bad)

@@ -1,0 +1,25 @@
+"""Argument types shared by the command-line tools (no heavy imports, so ``--help`` stays fast)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["batch_size_arg"]
+
+
+def batch_size_arg(text: str) -> int | str:
+    """A positive integer or ``auto`` (see :func:`flowlet.sampling.auto_batch_size`).
+
+    Example:
+        >>> batch_size_arg("8"), batch_size_arg("auto")
+        (8, 'auto')
+    """
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
