@@ -87,6 +87,24 @@ def _verdict(row: pd.Series) -> str:
     return "did not detectably change"
 
 
+def _training_length_sentence(config) -> str:
+    """How training length compares across ratios (``train.epoch_size`` of the resolved BAP config)."""
+    from pipelines.study.stages import load_bap_config
+
+    epoch_size = load_bap_config(config.bap.config, config.bap.overrides).train.epoch_size
+    if epoch_size == "real":
+        return (
+            "Every ratio trains for the same number of optimiser steps (each epoch draws as many scans as there are "
+            "real training scans from the mixed pool, train.epoch_size: real), so differences are not an effect of "
+            "training length. "
+        )
+    return (
+        "Training runs for the same number of epochs at every ratio, so runs with synthetic data also take more "
+        "optimiser steps; an effect that disappears when real-only training is given more epochs is an effect of "
+        "training length, not of the synthetic brains (train.epoch_size: real removes this). "
+    )
+
+
 def conclusion_sentences(effects: pd.DataFrame, sparse_bins: list[str]) -> list[str]:
     """Plain-language findings, one per ratio, overall and for the sparsest bins."""
     sentences = []
@@ -237,9 +255,8 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     report.paragraph(
         "Differences are augmented minus real-only MAE on the same real test scans (negative = better), averaged over "
         f"{config.bap.seeds} training seed(s); CIs resample test subjects (paired bootstrap). The sparse bins are the "
-        f"{len(sparse)} age bins with the fewest real training scans. Training runs for the same number of epochs at "
-        "every ratio, so runs with synthetic data also take more optimiser steps; an effect that disappears when "
-        "real-only training is given more epochs is an effect of training length, not of the synthetic brains. "
+        f"{len(sparse)} age bins with the fewest real training scans. "
+        + _training_length_sentence(config)
         + (
             "The cohort is the ageing phantom: a test bed with known ground truth, not real brains; conclusions about "
             "real data need real data."
