@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from analysis.metrics.image import handcrafted_features, robust_normalise
 from analysis.segmentation import TISSUES, on_grid
+from analysis.validation import tissue_dice, truth_tissue_paths
 from analysis.volumetrics import RegionVolumetrics, combine_regions, region_tissue_table
 from flowlet.data.cohort import read_image
 from flowlet.data.keys import AGE, PATH, SEX, SITE, SUBJECT_ID
@@ -39,6 +40,8 @@ class CohortMeasures:
         image_ids: identifiers in cohort order.
         roi_labels: image id → ``(X, Y, Z)`` int16 ROI codes (see :func:`roi_codes`), if kept.
         images: image id → ``(X, Y, Z)`` float16 robust-normalised intensities, if kept.
+        tissue_dice: per image, Dice of the tissue segmentation against true tissue maps stored next to the
+            images (see :func:`analysis.validation.tissue_dice`); None when the cohort has none.
     """
 
     volumes: pd.DataFrame
@@ -46,6 +49,7 @@ class CohortMeasures:
     image_ids: list[str]
     roi_labels: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    tissue_dice: pd.DataFrame | None = None
 
 
 def roi_codes(labels: np.ndarray, hard_tissue: np.ndarray) -> np.ndarray:
@@ -90,7 +94,7 @@ def measure_cohort(
     """
     names = volumetrics.region_names_
     groups = _usable_groups(combined_regions or {}, set(names.values()))
-    tables, feats, ids = [], [], []
+    tables, feats, ids, dice_rows = [], [], [], []
     out = CohortMeasures(volumes=pd.DataFrame(), features=np.empty((0, 0)), image_ids=[])
     rows = table.to_dict(orient="records")
     for row in tqdm(rows, desc="images", unit="image", disable=not progress):
@@ -105,6 +109,10 @@ def measure_cohort(
             SITE: row.get(SITE, "n/a"),
         }
         tables.append(vol.assign(**meta))
+        truth_paths = truth_tissue_paths(row[PATH])
+        if truth_paths is not None:
+            truth = {t: on_grid(read_image(p), volumetrics.grid_).data for t, p in truth_paths.items()}
+            dice_rows.append({IMAGE_ID: row[IMAGE_ID], **tissue_dice(maps.probabilities, truth)})
         norm = robust_normalise(maps.intensity, maps.mask)
         if features:
             feats.append(handcrafted_features(np.where(maps.mask, norm, 0.0), maps.mask))
@@ -128,6 +136,8 @@ def measure_cohort(
     if groups and len(volumes):
         volumes = combine_regions(volumes, groups)
     out.volumes, out.features, out.image_ids = volumes, np.asarray(feats), ids
+    if dice_rows and len(dice_rows) == len(rows):
+        out.tissue_dice = pd.DataFrame(dice_rows)
     return out
 
 

@@ -15,7 +15,9 @@ from scipy import stats
 
 from flowlet.data.keys import SUBJECT_ID
 
-__all__ = ["PHANTOM_STRUCTURES", "Structure", "truth_agreement"]
+__all__ = ["PHANTOM_STRUCTURES", "Structure", "tissue_dice", "truth_agreement", "truth_tissue_paths"]
+
+TISSUE_CLASSES = ("csf", "gm", "wm")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,41 @@ def truth_agreement(
     cols = [key, "structure", "volume_mm3", "volume_true_mm3"]
     pairs = pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
     return pairs, _summary(pairs, list(structures))
+
+
+def truth_tissue_paths(image_path) -> dict[str, str] | None:
+    """``{"csf", "gm", "wm"}`` → the true tissue maps next to an image (``*_label-GM_probseg.nii.gz``, as
+    ``flowlet-phantoms --tissue-maps`` writes them), or None when any is missing."""
+    from pathlib import Path
+
+    path = Path(image_path)
+    stem = path.name.split("_T1w")[0] if "_T1w" in path.name else path.name.split(".nii")[0]
+    found = {t: path.with_name(f"{stem}_label-{t.upper()}_probseg.nii.gz") for t in TISSUE_CLASSES}
+    return {t: str(p) for t, p in found.items()} if all(p.is_file() for p in found.values()) else None
+
+
+def tissue_dice(measured: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Dice of CSF, GM and WM between a segmentation and the truth, both as probability maps on one grid.
+
+    ``dice_<tissue>`` compares hard labels (the most probable of background, CSF, GM, WM, background being one
+    minus the tissue sum); ``soft_dice_<tissue>`` is ``2 Σ p q / (Σ p + Σ q)`` on the probabilities.
+    """
+
+    def hard(maps: Mapping[str, np.ndarray]) -> np.ndarray:
+        stack = np.stack([np.asarray(maps[t], np.float32) for t in TISSUE_CLASSES])
+        background = 1.0 - stack.sum(axis=0)
+        return np.argmax(np.concatenate([background[None], stack]), axis=0)
+
+    a, b = hard(measured), hard(truth)
+    out = {}
+    for k, t in enumerate(TISSUE_CLASSES, start=1):
+        x, y = a == k, b == k
+        total = x.sum() + y.sum()
+        out[f"dice_{t}"] = float(2.0 * (x & y).sum() / total) if total else float("nan")
+        p, q = np.asarray(measured[t], np.float64), np.asarray(truth[t], np.float64)
+        denom = p.sum() + q.sum()
+        out[f"soft_dice_{t}"] = float(2.0 * (p * q).sum() / denom) if denom else float("nan")
+    return out
 
 
 def _summary(pairs: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:

@@ -235,6 +235,8 @@ def run_regions(
     truth = read_truth(cohort)
     if truth is not None:
         summary["truth"] = _truth_outputs(measures.volumes, truth, out)
+    if measures.tissue_dice is not None:
+        summary["tissue_dice"] = _dice_outputs(measures.tissue_dice, out)
     write_json_atomic(out / "summary.json", summary)
     _write_config(out, config, registration=registration, source=str(source))
     return out
@@ -243,6 +245,22 @@ def run_regions(
 def _present(volumes, key_regions):
     have = set(zip(volumes["region"], volumes["tissue"]))
     return [pair for pair in key_regions if tuple(pair) in have]
+
+
+def _dice_outputs(dice, out: Path) -> dict:
+    """Per-image tissue Dice (``tissue_dice_per_image.tsv``) and its mean ± sd table; returns the means."""
+    from analysis import tables
+    from flowlet.data.io import write_table_atomic
+
+    write_table_atomic(out / "tissue_dice_per_image.tsv", dice)
+    columns = [c for c in dice.columns if c != "image_id"]
+    summary = dice[columns].agg(["mean", "std", "min"]).T.rename_axis("measure").reset_index()
+    tables.write_table(
+        summary, out, "tissue_dice", caption="Tissue segmentation against the true tissue maps"
+    )
+    for row in summary.itertuples():
+        logger.info("tissue %-16s mean %.3f (sd %.3f, min %.3f)", row.measure, row.mean, row.std, row.min)
+    return {row.measure: float(row.mean) for row in summary.itertuples()}
 
 
 def _truth_outputs(volumes, truth, out: Path) -> dict:

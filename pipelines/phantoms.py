@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size", type=int, choices=(2, 4), default=2, help="grid in mm (default 2)")
     parser.add_argument("--sites", type=int, default=3, help="number of acquisition sites (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    parser.add_argument(
+        "--tissue-maps",
+        action="store_true",
+        help="also write the true tissue probabilities (sub-*_label-{CSF,GM,WM}_probseg.nii.gz)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 sites=args.sites,
                 seed=args.seed,
                 progress=not args.no_progress,
+                tissue_maps=args.tissue_maps,
             )
     except (ValueError, OSError, FolderLockedError) as exc:
         print(f"flowlet-phantoms: error: {exc}", file=sys.stderr)

@@ -177,3 +177,35 @@ def test_regions_real_versus_synthetic_writes_the_plausibility_table(phantoms_4m
     assert not table["flagged"].any()
     assert json.loads((out / "summary.json").read_text())["n_synthetic"] == 6
     assert main(["regions", "--real", cohort, "--out", str(tmp_path / "x"), *args]) == 2
+
+
+def test_regions_reports_tissue_dice_against_true_tissue_maps(tmp_path):
+    from flowlet.data.phantom.cohort import write_phantom_cohort
+
+    cohort = write_phantom_cohort(tmp_path / "ph", 2, voxel_size=4, seed=3, progress=False, tissue_maps=True)
+    assert len(list(cohort.glob("sub-*/anat/*_label-GM_probseg.nii.gz"))) == 2
+    out = tmp_path / "r"
+    args = ["regions", "--cohort", str(cohort), "--out", str(out), "--voxel-size", "4", "--no-progress"]
+    assert main([*args, "--registration", "none"]) == 0
+    dice = pd.read_csv(out / "tissue_dice_per_image.tsv", sep="\t")
+    assert len(dice) == 2
+    assert (dice[["dice_gm", "dice_wm"]] > 0.8).all().all()  # 4 mm, no registration: CSF is the weak class
+    assert (dice["dice_csf"] > 0.3).all()
+    assert json.loads((out / "summary.json").read_text())["tissue_dice"]["dice_wm"] > 0.8
+
+
+def test_tissue_dice_is_one_for_identical_maps_and_zero_for_swapped_classes():
+    import numpy as np
+
+    from analysis.validation import tissue_dice
+
+    rng = np.random.default_rng(0)
+    raw = rng.dirichlet([1, 1, 1, 1], size=(6, 6, 6)).astype(np.float32)
+    maps = {"csf": raw[..., 1], "gm": raw[..., 2], "wm": raw[..., 3]}
+    same = tissue_dice(maps, maps)
+    assert same["dice_gm"] == 1.0 and same["dice_csf"] == 1.0
+    hard = {
+        t: (np.argmax(raw, axis=-1) == k).astype(np.float32) for k, t in enumerate(("csf", "gm", "wm"), 1)
+    }
+    swapped = tissue_dice(hard, {"csf": hard["gm"], "gm": hard["csf"], "wm": hard["wm"]})
+    assert swapped["dice_csf"] == 0.0 and swapped["dice_gm"] == 0.0 and swapped["dice_wm"] == 1.0

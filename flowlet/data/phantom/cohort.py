@@ -129,6 +129,7 @@ def write_phantom_cohort(
     seed: int = 0,
     progress: bool = True,
     config: PhantomConfig | None = None,
+    tissue_maps: bool = False,
 ) -> Path:
     """Generate ``n`` phantom subjects and write them as a BIDS-style data set.
 
@@ -145,6 +146,8 @@ def write_phantom_cohort(
         seed: cohort seed.
         progress: show a progress bar.
         config: phantom configuration (default: packaged YAML); its ``voxel_size`` is replaced by ``voxel_size``.
+        tissue_maps: also write the true tissue probabilities ``sub-XXXX_label-{CSF,GM,WM}_probseg.nii.gz`` (for
+            validating segmentations; ``flowlet-eval regions`` reports Dice against them).
 
     Returns:
         ``out_dir`` as a Path.
@@ -164,7 +167,7 @@ def write_phantom_cohort(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in _progress(range(n), progress):
-        rows.append(_write_subject(out, i, n, seed, hist, sites, config))
+        rows.append(_write_subject(out, i, n, seed, hist, sites, config, tissue_maps))
     participants = pd.DataFrame(rows, columns=["participant_id", keys.AGE, keys.SEX, keys.SITE])
     write_table_atomic(out / "participants.tsv", participants)
     _write_dataset_files(out, config, hist, n=n, seed=seed, sites=sites)
@@ -181,7 +184,14 @@ def _progress(items: range, enabled: bool):
 
 
 def _write_subject(
-    out: Path, i: int, n: int, seed: int, hist: AgeHistogram, sites: int, config: PhantomConfig
+    out: Path,
+    i: int,
+    n: int,
+    seed: int,
+    hist: AgeHistogram,
+    sites: int,
+    config: PhantomConfig,
+    tissue_maps: bool = False,
 ) -> tuple[str, float, str, str]:
     age, sex, site, anatomy_seq = _demographics(i, seed, hist, sites)
     subject = make_phantom(age, sex=sex, site=site, seed=anatomy_seq, config=config)
@@ -190,6 +200,10 @@ def _write_subject(
     save_volume(anat / f"{participant}_T1w.nii.gz", subject.image, subject.affine, dtype=np.float32)
     save_volume(anat / f"{participant}_dseg.nii.gz", subject.labels, subject.affine, dtype=np.int16)
     write_table_atomic(anat / f"{participant}_volumes.tsv", subject.volumes)
+    if tissue_maps:
+        for tissue, array in subject.tissue.items():
+            name = f"{participant}_label-{tissue.upper()}_probseg.nii.gz"
+            save_volume(anat / name, array, subject.affine, dtype=np.float32)
     return participant, age, sex, subject.site
 
 
