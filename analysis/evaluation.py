@@ -78,6 +78,7 @@ def measure_cohort(
     keep_images: bool = False,
     features: bool = True,
     progress: bool = True,
+    jobs: int = 1,
 ) -> CohortMeasures:
     """Segment, measure and (optionally) keep every image of a cohort table.
 
@@ -88,38 +89,46 @@ def measure_cohort(
         keep_images: keep ROI label maps and normalised images (for ROI metrics and diversity).
         features: compute :func:`handcrafted_features` of every image (for MMD and Fréchet distance).
         progress: show a progress bar.
+        jobs: worker processes (images are independent; each worker gets a copy of ``volumetrics``). The
+            results do not depend on ``jobs``.
 
     Returns:
         :class:`CohortMeasures`.
     """
     names = volumetrics.region_names_
     groups = _usable_groups(combined_regions or {}, set(names.values()))
-    tables, feats, ids, dice_rows = [], [], [], []
     out = CohortMeasures(volumes=pd.DataFrame(), features=np.empty((0, 0)), image_ids=[])
     rows = table.to_dict(orient="records")
-    for row in tqdm(rows, desc="images", unit="image", disable=not progress):
-        volume = read_image(row[PATH])
-        maps, labels = volumetrics.segment(volume)
-        vol = region_tissue_table(maps, labels, names)
-        meta = {
-            IMAGE_ID: row[IMAGE_ID],
-            SUBJECT_ID: row[SUBJECT_ID],
-            AGE: float(row[AGE]),
-            SEX: row.get(SEX, "n/a"),
-            SITE: row.get(SITE, "n/a"),
-        }
-        tables.append(vol.assign(**meta))
-        truth_paths = truth_tissue_paths(row[PATH])
-        if truth_paths is not None:
-            truth = {t: on_grid(read_image(p), volumetrics.grid_).data for t, p in truth_paths.items()}
-            dice_rows.append({IMAGE_ID: row[IMAGE_ID], **tissue_dice(maps.probabilities, truth)})
-        norm = robust_normalise(maps.intensity, maps.mask)
-        if features:
-            feats.append(handcrafted_features(np.where(maps.mask, norm, 0.0), maps.mask))
+    options = {"features": features, "keep_images": keep_images}
+    if jobs > 1 and len(rows) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, len(rows)),
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that may hold thread pools
+            initializer=_init_worker,
+            initargs=(volumetrics, options),
+        ) as pool:
+            results = list(
+                tqdm(pool.map(_measure_in_worker, rows), total=len(rows), desc="images", disable=not progress)
+            )
+    else:
+        results = [
+            _measure_one(row, volumetrics, **options)
+            for row in tqdm(rows, desc="images", unit="image", disable=not progress)
+        ]
+    tables, feats, ids, dice_rows = [], [], [], []
+    for row, result in zip(rows, results):
+        tables.append(result["volumes"])
         ids.append(row[IMAGE_ID])
+        if features:
+            feats.append(result["features"])
+        if result["dice"] is not None:
+            dice_rows.append({IMAGE_ID: row[IMAGE_ID], **result["dice"]})
         if keep_images:
-            out.roi_labels[row[IMAGE_ID]] = roi_codes(labels, maps.hard_labels()).astype(np.int16)
-            out.images[row[IMAGE_ID]] = np.where(maps.mask, norm, 0.0).astype(np.float16)
+            out.roi_labels[row[IMAGE_ID]] = result["roi_labels"]
+            out.images[row[IMAGE_ID]] = result["image"]
     columns = [
         IMAGE_ID,
         SUBJECT_ID,
@@ -139,6 +148,45 @@ def measure_cohort(
     if dice_rows and len(dice_rows) == len(rows):
         out.tissue_dice = pd.DataFrame(dice_rows)
     return out
+
+
+def _measure_one(row: dict, volumetrics: RegionVolumetrics, *, features: bool, keep_images: bool) -> dict:
+    """Everything :func:`measure_cohort` keeps of one image."""
+    volume = read_image(row[PATH])
+    maps, labels = volumetrics.segment(volume)
+    meta = {
+        IMAGE_ID: row[IMAGE_ID],
+        SUBJECT_ID: row[SUBJECT_ID],
+        AGE: float(row[AGE]),
+        SEX: row.get(SEX, "n/a"),
+        SITE: row.get(SITE, "n/a"),
+    }
+    result: dict = {
+        "volumes": region_tissue_table(maps, labels, volumetrics.region_names_).assign(**meta),
+        "dice": None,
+    }
+    truth_paths = truth_tissue_paths(row[PATH])
+    if truth_paths is not None:
+        truth = {t: on_grid(read_image(p), volumetrics.grid_).data for t, p in truth_paths.items()}
+        result["dice"] = tissue_dice(maps.probabilities, truth)
+    norm = robust_normalise(maps.intensity, maps.mask)
+    if features:
+        result["features"] = handcrafted_features(np.where(maps.mask, norm, 0.0), maps.mask)
+    if keep_images:
+        result["roi_labels"] = roi_codes(labels, maps.hard_labels()).astype(np.int16)
+        result["image"] = np.where(maps.mask, norm, 0.0).astype(np.float16)
+    return result
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(volumetrics: RegionVolumetrics, options: dict) -> None:
+    _WORKER.update(volumetrics=volumetrics, options=options)
+
+
+def _measure_in_worker(row: dict) -> dict:
+    return _measure_one(row, _WORKER["volumetrics"], **_WORKER["options"])
 
 
 def _usable_groups(groups: Mapping[str, Sequence[str]], available: set[str]) -> dict[str, Sequence[str]]:

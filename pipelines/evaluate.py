@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--limit", type=int, help="use only the first N images of every cohort (quick looks)")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes for the per-image work (default 1; results do not change)",
+    )
     r = sub.add_parser(
         "regions",
         parents=[common],
@@ -195,6 +201,7 @@ def run_regions(
     registration: str = "demons",
     limit: int | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Volumetrics of one cohort, plus agreement with ground truth where the cohort has ``*_volumes.tsv``."""
     from analysis import tables
@@ -207,7 +214,7 @@ def run_regions(
     cohort = _cohort(source, limit)
     vol = _volumetrics(config, registration, progress)
     measures = measure_cohort(
-        cohort, vol, combined_regions=config.combined_regions, features=False, progress=progress
+        cohort, vol, combined_regions=config.combined_regions, features=False, progress=progress, jobs=jobs
     )
     seconds = time.perf_counter() - start
     logger.info(
@@ -297,6 +304,7 @@ def run_quality(
     registration: str = "demons",
     limit: int | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Real-versus-synthetic fidelity: trajectories, distances, ROI metrics, diversity, feature distances."""
     from analysis import tables
@@ -311,7 +319,12 @@ def run_quality(
         sets[label] = (
             cohort,
             measure_cohort(
-                cohort, vol, combined_regions=config.combined_regions, keep_images=True, progress=progress
+                cohort,
+                vol,
+                combined_regions=config.combined_regions,
+                keep_images=True,
+                progress=progress,
+                jobs=jobs,
             ),
         )
     (real_table, m_real), (syn_table, m_syn) = sets["real"], sets[name]
@@ -386,6 +399,7 @@ def run_regions_pair(
     registration: str = "demons",
     limit: int | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Region-by-region plausibility of a synthetic cohort against a real one (volumes only, no image metrics).
 
@@ -406,7 +420,12 @@ def run_regions_pair(
         measured[label] = (
             cohort,
             measure_cohort(
-                cohort, vol, combined_regions=config.combined_regions, features=False, progress=progress
+                cohort,
+                vol,
+                combined_regions=config.combined_regions,
+                features=False,
+                progress=progress,
+                jobs=jobs,
             ),
         )
     table = _regional_fidelity(measured["real"][1].volumes, measured[name][1].volumes, config, out, name)
@@ -553,7 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args)
         args.out.mkdir(parents=True, exist_ok=True)
         progress = not getattr(args, "no_progress", True)
-        options = {"limit": args.limit, "progress": progress} if args.command != "tables" else {}
+        options = (
+            {"limit": args.limit, "progress": progress, "jobs": args.jobs} if args.command != "tables" else {}
+        )
         if args.command == "regions" and args.real is not None:
             if args.synthetic is None:
                 raise ValueError("regions --real needs --synthetic (or use --cohort for one cohort)")
@@ -575,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **options,
             )
         elif args.command == "privacy":
+            options.pop("jobs")  # the audit reads images only; nothing to parallelise
             run_privacy(args.train, args.holdout, args.synthetic, args.out, config, **options)
         else:
             run_tables(args.inputs, args.names, args.out, config)

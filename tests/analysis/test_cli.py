@@ -209,3 +209,15 @@ def test_tissue_dice_is_one_for_identical_maps_and_zero_for_swapped_classes():
     }
     swapped = tissue_dice(hard, {"csf": hard["gm"], "gm": hard["csf"], "wm": hard["wm"]})
     assert swapped["dice_csf"] == 0.0 and swapped["dice_gm"] == 0.0 and swapped["dice_wm"] == 1.0
+
+
+def test_regions_with_two_jobs_equals_one_job(phantoms_4mm, tmp_path):
+    args = ["--voxel-size", "4", "--no-progress", "--registration", "none", *_custom_atlas(phantoms_4mm)]
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        code = main(["regions", "--cohort", str(phantoms_4mm), "--out", str(out), "--limit", "3", *args,
+                     "--jobs", str(jobs)])  # fmt: skip
+        assert code == 0
+    one = pd.read_csv(tmp_path / "j1" / "volumes.tsv", sep="\t")
+    two = pd.read_csv(tmp_path / "j2" / "volumes.tsv", sep="\t")
+    pd.testing.assert_frame_equal(one, two)
