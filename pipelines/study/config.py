@@ -94,6 +94,7 @@ class EvalSection:
     quality: bool = True
     privacy: bool = True
     max_images: int = 400
+    jobs: int = 1
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,8 @@ def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         str(e.max_images),
         "--registration",
         e.registration,
+        "--jobs",
+        str(e.jobs),
         "--no-progress",
     ]
     outputs: dict[str, Any] = {}
