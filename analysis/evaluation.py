@@ -106,7 +106,9 @@ def measure_cohort(
 
         with ProcessPoolExecutor(
             max_workers=min(jobs, len(rows)),
-            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that may hold thread pools
+            mp_context=multiprocessing.get_context(
+                "spawn"
+            ),  # no fork of a process that may hold thread pools
             initializer=_init_worker,
             initargs=(volumetrics, options),
         ) as pool:
