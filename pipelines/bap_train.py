@@ -100,11 +100,20 @@ def build_config(args: argparse.Namespace):
     for (section, key), value in flags.items():
         if value is not None:
             updates.setdefault(section, {})[key] = value
-    if "options" in updates.get("model", {}):
-        updates["model"]["options"] = {
-            **config_to_dict(cfg)["model"]["options"],
-            **updates["model"]["options"],
-        }
+    model = updates.get("model", {})
+    new_name = model.get("name")
+    if new_name is not None and new_name != cfg.model.name:
+        # The config's options belong to its model; another model starts from its own defaults.
+        if cfg.model.options:
+            logger.info(
+                "model.name %s -> %s: the config's model.options %s are dropped",
+                cfg.model.name,
+                new_name,
+                sorted(cfg.model.options),
+            )
+        model["options"] = dict(model.get("options", {}))
+    elif "options" in model:
+        model["options"] = {**config_to_dict(cfg)["model"]["options"], **model["options"]}
     return replace(cfg, **updates)
 
 

@@ -238,3 +238,17 @@ def test_epoch_size_real_gives_every_ratio_the_real_number_of_samples(
     (n0, k0), (n1, k1) = seen
     assert k0 == k1 == n0  # the real training scans, whatever the ratio
     assert n1 == 2 * n0  # the pool doubled with ratio 1.0
+
+
+def test_cli_model_switch_drops_the_other_models_options():
+    from pipelines.bap_train import build_config, build_parser
+
+    base = ["--real", "r", "--out", "o", "--config", "demo"]
+    cfg = build_config(build_parser().parse_args([*base, "--model", "sfcn"]))
+    assert cfg.model.name == "sfcn" and dict(cfg.model.options) == {}
+    cfg = build_config(
+        build_parser().parse_args([*base, "--model", "sfcn", "--set", "model.options.dropout=0.2"])
+    )
+    assert dict(cfg.model.options) == {"dropout": 0.2}
+    cfg = build_config(build_parser().parse_args([*base, "--set", "model.options.input_pool=2"]))
+    assert cfg.model.options["input_pool"] == 2 and cfg.model.options["channels"] == [16, 32, 64]
