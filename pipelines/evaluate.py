@@ -308,26 +308,13 @@ def run_quality(
 ) -> Path:
     """Real-versus-synthetic fidelity: trajectories, distances, ROI metrics, diversity, feature distances."""
     from analysis import tables
-    from analysis.evaluation import measure_cohort
     from analysis.quality import image_metrics, roi_rows
     from flowlet.data.io import write_json_atomic, write_table_atomic
 
     vol = _volumetrics(config, registration, progress)
-    sets = {}
-    for label, source in (("real", real), (name, synthetic)):
-        cohort = _cohort(source, limit)
-        sets[label] = (
-            cohort,
-            measure_cohort(
-                cohort,
-                vol,
-                combined_regions=config.combined_regions,
-                keep_images=True,
-                progress=progress,
-                jobs=jobs,
-            ),
-        )
-    (real_table, m_real), (syn_table, m_syn) = sets["real"], sets[name]
+    (real_table, m_real), (syn_table, m_syn) = _measure_pair(
+        real, synthetic, vol, config, limit=limit, progress=progress, jobs=jobs, keep_images=True
+    )
     q = config.quality
     traj = _regional_fidelity(m_real.volumes, m_syn.volumes, config, out, name)
     rows = roi_rows(real_table, syn_table, m_real, m_syn, vol.region_names_, q)
@@ -357,6 +344,20 @@ def run_quality(
     )
     _write_config(out, config, registration=registration, real=str(real), synthetic=str(synthetic), name=name)
     return out
+
+
+def _measure_pair(real: str, synthetic: str, vol, config, *, limit, progress, jobs, **options):
+    """``((real_table, real_measures), (synthetic_table, synthetic_measures))`` with one fitted volumetrics."""
+    from analysis.evaluation import measure_cohort
+
+    out = []
+    for source in (real, synthetic):
+        cohort = _cohort(source, limit)
+        measures = measure_cohort(
+            cohort, vol, combined_regions=config.combined_regions, progress=progress, jobs=jobs, **options
+        )
+        out.append((cohort, measures))
+    return tuple(out)
 
 
 def _regional_fidelity(real_volumes, syn_volumes, config, out: Path, name: str):
@@ -409,26 +410,14 @@ def run_regions_pair(
     differs from the real one.
     """
     from analysis import tables
-    from analysis.evaluation import measure_cohort
     from flowlet.data.io import write_json_atomic
 
     start = time.perf_counter()
     vol = _volumetrics(config, registration, progress)
-    measured = {}
-    for label, source in (("real", real), (name, synthetic)):
-        cohort = _cohort(source, limit)
-        measured[label] = (
-            cohort,
-            measure_cohort(
-                cohort,
-                vol,
-                combined_regions=config.combined_regions,
-                features=False,
-                progress=progress,
-                jobs=jobs,
-            ),
-        )
-    table = _regional_fidelity(measured["real"][1].volumes, measured[name][1].volumes, config, out, name)
+    (real_table, m_real), (syn_table, m_syn) = _measure_pair(
+        real, synthetic, vol, config, limit=limit, progress=progress, jobs=jobs, features=False
+    )
+    table = _regional_fidelity(m_real.volumes, m_syn.volumes, config, out, name)
     tables.write_table(table, out, "plausibility", caption=f"Region-by-region plausibility: real vs {name}")
     flagged = table.loc[table["flagged"], ["region", "tissue"]].values.tolist()
     logger.info("%d of %d region/tissue trajectories flagged", len(flagged), len(table))
@@ -436,8 +425,8 @@ def run_regions_pair(
         out / "summary.json",
         {
             "name": name,
-            "n_real": len(measured["real"][0]),
-            "n_synthetic": len(measured[name][0]),
+            "n_real": len(real_table),
+            "n_synthetic": len(syn_table),
             "seconds": round(time.perf_counter() - start, 2),
             "atlas": vol.atlas_.name,
             "registration": registration,
