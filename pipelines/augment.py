@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg
+from pipelines.arguments import batch_size_arg, resolve_device
 
 logger = logging.getLogger("flowlet.augment")
 
@@ -176,7 +176,7 @@ def augment(real_ages, options: AugmentOptions):
     samples = sample_table(plan, ages, seed=options.seed, solver=options.solver, steps=options.steps)
     save_size = tuple(options.save_size or bundle.save_size or bundle.model_input_size)
     affine = resolve_affine(options.affine, save_size, bundle.affine)
-    device = _device(options.device)
+    device = resolve_device(options.device)
     sampling = SamplingConfig(
         solver=options.solver,
         num_steps=options.steps,
@@ -266,17 +266,6 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {result.generated} brains ({result.skipped} already complete) of {result.total} to {result.out_dir}"
     )
     return 0
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available; using the CPU")
-        return "cpu"
-    return name
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg
+from pipelines.arguments import batch_size_arg, resolve_device
 
 logger = logging.getLogger("flowlet.generate")
 
@@ -145,17 +145,6 @@ def condition_folder(group: dict[str, float]) -> str:
     return "_".join(f"{k}_{group[k]:.2f}" for k in sorted(group))
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available; falling back to the CPU")
-        return "cpu"
-    return name
-
-
 def _ablations(names: Sequence[str]) -> list[str]:
     from flowlet.guidance import ABLATIONS
 
@@ -183,7 +172,7 @@ def resolve_sampling(args: argparse.Namespace, bundle):
         guidance_scale=args.guidance_scale,
         batch_size=1 if args.batch_size == "auto" else args.batch_size,
         time_grid=args.time_grid,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         autocast_dtype=None if args.precision == "fp32" else args.precision,
     )
     if args.batch_size == "auto":

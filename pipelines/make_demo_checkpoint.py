@@ -100,12 +100,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _train(work: Path, overrides: list[str], stop_after: int | None = SHIPPED_STEPS) -> Path:
     from configs import config_path
     from flowlet.data.phantom import write_phantom_cohort
@@ -306,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         run_ablations(args.work, args.ablate, args.docs)
         return 0
     if not args.check_only:
-        device = (
-            "cuda" if args.device == "auto" and _cuda() else ("cpu" if args.device == "auto" else args.device)
-        )
+        from pipelines.arguments import resolve_device
+
+        device = resolve_device(args.device)
         extra = [f"runtime.device={device}"] + (
             ["runtime.num_threads=4", "data.num_workers=6"] if device != "cpu" else []
         )
