@@ -559,20 +559,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args)
+        if args.command == "regions":  # checked before --out is created
+            if args.real is not None and args.synthetic is None:
+                raise ValueError("regions --real needs --synthetic (or use --cohort for one cohort)")
+            if args.cohort is not None and args.synthetic is not None:
+                raise ValueError("regions --synthetic goes with --real, not with --cohort")
         args.out.mkdir(parents=True, exist_ok=True)
         progress = not getattr(args, "no_progress", True)
         options = (
             {"limit": args.limit, "progress": progress, "jobs": args.jobs} if args.command != "tables" else {}
         )
         if args.command == "regions" and args.real is not None:
-            if args.synthetic is None:
-                raise ValueError("regions --real needs --synthetic (or use --cohort for one cohort)")
             run_regions_pair(
                 args.real, args.synthetic, args.out, config, registration=args.registration, **options
             )
         elif args.command == "regions":
-            if args.synthetic is not None:
-                raise ValueError("regions --synthetic goes with --real, not with --cohort")
             run_regions(args.cohort, args.out, config, registration=args.registration, **options)
         elif args.command == "quality":
             run_quality(

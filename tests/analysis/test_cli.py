@@ -177,6 +177,7 @@ def test_regions_real_versus_synthetic_writes_the_plausibility_table(phantoms_4m
     assert not table["flagged"].any()
     assert json.loads((out / "summary.json").read_text())["n_synthetic"] == 6
     assert main(["regions", "--real", cohort, "--out", str(tmp_path / "x"), *args]) == 2
+    assert not (tmp_path / "x").exists()  # refused before the output folder is made
 
 
 def test_regions_reports_tissue_dice_against_true_tissue_maps(tmp_path):
