@@ -7,10 +7,11 @@ transform preserves the Euclidean norm.
 Per axis, neighbouring samples ``(a, b) = (x[2i], x[2i+1])`` become ``L = (a + b)/√2`` and ``H = (a - b)/√2``.
 In 3-D each 2×2×2 block of voxels maps to its 8 band coefficients through one fixed orthogonal 8×8 matrix
 (:data:`HAAR_MATRIX`, the Kronecker product of three 2×2 Haar matrices). The forward transform is a stride-2
-``conv3d`` with those 8 filters and the inverse an 8×8 matrix product followed by a reshape that puts every voxel
-back into its block: one pass over memory each way, no dense ``n × n`` matrices, so the cost is linear in the
-number of voxels and any even size works, cubic or not. Both are differentiable and run in the input's dtype
-(autocast is switched off inside, so bf16 autocast never degrades the codec).
+``conv3d`` with those 8 filters; the inverse is an 8×8 matrix product followed by one copy that puts every voxel
+back into its block (for float32/float64 through ``torch.complex``, whose (real, imag) pairs are exactly the
+even/odd voxels along W, so that copy moves whole rows instead of pairs). No dense ``n × n`` matrices: the cost is
+linear in the number of voxels and any even size works, cubic or not. Both are differentiable and run in the input's
+dtype (autocast is switched off inside, so bf16 autocast never degrades the codec).
 
 Band order (:data:`BAND_NAMES`): the letters are the (D, H, W) axes, so ``LLH`` is low-pass in depth and height
 and high-pass in width. This equals ``pywt.dwtn(x, "haar")`` keys ``aaa, aad, ada, add, daa, dad, dda, ddd`` and
@@ -41,6 +42,12 @@ def _haar_matrix() -> Tensor:
 
 #: ``(8, 8)`` float64 orthogonal matrix from the voxels of a 2×2×2 block (row-major ``d, h, w``) to its bands.
 HAAR_MATRIX: Tensor = _haar_matrix()
+
+
+#: Voxel rows of ``HAAR_MATRIX.T`` reordered from ``(i, j, l)`` to ``(l, i, j)``, used by :func:`idwt3d`.
+_LIJ_ROWS = [4 * i + 2 * j + l for l in range(2) for i in range(2) for j in range(2)]  # noqa: E741
+#: Dtypes whose complex counterpart ``torch.complex`` builds, the fast interleave of :func:`idwt3d`.
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _matrix(like: Tensor) -> Tensor:
@@ -101,11 +108,28 @@ def idwt3d(bands: Tensor) -> Tensor:
             f"idwt3d expects (B, 8·C, d, h, w) with a channel count divisible by 8, got shape {tuple(bands.shape)}"
         )
     b, c8, d, h, w = bands.shape
+    n = b * c8 // 8
     matrix = _matrix(bands)
     with torch.autocast(bands.device.type, enabled=False):
-        blocks = torch.matmul(matrix.T, bands.reshape(b * c8 // 8, 8, d * h * w).to(matrix.dtype))
-    # (B·C, i, j, l, d, h, w) -> (B·C, d, i, h, j, w, l): each voxel back to its place in its block.
-    y = blocks.reshape(b * c8 // 8, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
+        flat = bands.reshape(n, 8, d * h * w).to(matrix.dtype)
+        if matrix.dtype in _COMPLEX_OF:
+            # Rows reordered to (l, i, j): the even-w and odd-w voxels come out as two separate groups of four
+            # planes, which torch.complex interleaves along w in the same pass that puts i and j in place.
+            blocks = torch.matmul(matrix.T[_LIJ_ROWS], flat).reshape(n, 2, 2, 2, d, h, w)
+            even, odd = (blocks[:, k].permute(0, 3, 1, 4, 2, 5) for k in (0, 1))  # (n, d, i, h, j, w)
+            if torch.is_grad_enabled() and bands.requires_grad:
+                y = torch.view_as_real(torch.complex(even, odd))  # out= has no autograd; reshape below copies
+            else:
+                # A contiguous out= makes the loop run in output order (innermost w, contiguous on both sides);
+                # without it the result would keep the permuted layout of the inputs and need one more copy.
+                interleaved = torch.empty(
+                    (n, d, 2, h, 2, w), dtype=_COMPLEX_OF[matrix.dtype], device=bands.device
+                )
+                y = torch.view_as_real(torch.complex(even, odd, out=interleaved))
+        else:
+            blocks = torch.matmul(matrix.T, flat).reshape(n, 2, 2, 2, d, h, w)
+            # (n, i, j, l, d, h, w) -> (n, d, i, h, j, w, l): each voxel back to its place in its block.
+            y = blocks.permute(0, 4, 1, 5, 2, 6, 3)
     return y.reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
 
 

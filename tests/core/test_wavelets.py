@@ -127,3 +127,21 @@ def test_autocast_does_not_lower_the_codec_precision():
         back = idwt3d(bands)
     assert bands.dtype == torch.float32 and back.dtype == torch.float32
     torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_inverse_without_a_complex_dtype_takes_the_permute_path_and_agrees(dtype):
+    # float32/float64 interleave through torch.complex; other dtypes copy through a permute. Both must give the
+    # same volume (up to the rounding of the low-precision dtype).
+    bands = torch.randn(2, 16, 3, 4, 5)
+    low = idwt3d(bands.to(dtype))
+    assert low.dtype == dtype and low.shape == (2, 2, 6, 8, 10)
+    torch.testing.assert_close(low.float(), idwt3d(bands), atol=0.05, rtol=0.02)
+
+
+def test_inverse_with_and_without_autograd_agree_and_are_contiguous():
+    bands = torch.randn(2, 8, 3, 4, 5)
+    plain = idwt3d(bands)
+    tracked = idwt3d(bands.clone().requires_grad_())
+    assert plain.is_contiguous() and tracked.is_contiguous() and tracked.requires_grad
+    torch.testing.assert_close(plain, tracked.detach(), atol=0, rtol=0)
