@@ -7,11 +7,12 @@ transform preserves the Euclidean norm.
 Per axis, neighbouring samples ``(a, b) = (x[2i], x[2i+1])`` become ``L = (a + b)/√2`` and ``H = (a - b)/√2``.
 In 3-D each 2×2×2 block of voxels maps to its 8 band coefficients through one fixed orthogonal 8×8 matrix
 (:data:`HAAR_MATRIX`, the Kronecker product of three 2×2 Haar matrices). The forward transform is a stride-2
-``conv3d`` with those 8 filters; the inverse is an 8×8 matrix product followed by one copy that puts every voxel
-back into its block (for float32/float64 through ``torch.complex``, whose (real, imag) pairs are exactly the
-even/odd voxels along W, so that copy moves whole rows instead of pairs). No dense ``n × n`` matrices: the cost is
-linear in the number of voxels and any even size works, cubic or not. Both are differentiable and run in the input's
-dtype (autocast is switched off inside, so bf16 autocast never degrades the codec).
+``conv3d`` with those 8 filters (on GPUs: a gathering copy and a matrix product); the inverse is an 8×8 matrix
+product followed by one copy that puts every voxel back into its block (on the CPU through ``torch.complex``,
+whose (real, imaginary) pairs are exactly the even/odd voxels along W, so that the copy moves whole rows instead
+of pairs). No dense ``n × n`` matrices: the cost is linear in the number of voxels and any even size works, cubic
+or not. Both are differentiable and run in the input's dtype (autocast is switched off inside, so bf16 autocast
+never degrades the codec).
 
 Band order (:data:`BAND_NAMES`): the letters are the (D, H, W) axes, so ``LLH`` is low-pass in depth and height
 and high-pass in width. This equals ``pywt.dwtn(x, "haar")`` keys ``aaa, aad, ada, add, daa, dad, dda, ddd`` and
@@ -46,7 +47,7 @@ HAAR_MATRIX: Tensor = _haar_matrix()
 
 #: Voxel rows of ``HAAR_MATRIX.T`` reordered from ``(i, j, l)`` to ``(l, i, j)``, used by :func:`idwt3d`.
 _LIJ_ROWS = [4 * i + 2 * j + l for l in range(2) for i in range(2) for j in range(2)]  # noqa: E741
-#: Dtypes whose complex counterpart ``torch.complex`` builds, the fast interleave of :func:`idwt3d`.
+#: Dtypes whose complex counterpart ``torch.complex`` builds (see :func:`_idwt_complex`).
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -62,6 +63,52 @@ def _check_even(shape: Sequence[int]) -> None:
                 f"Haar DWT needs even spatial sizes, but axis {axis} has odd size {size} "
                 f"(spatial shape {tuple(shape)}); pad the volume to even sizes first"
             )
+
+
+def _dwt_conv(x: Tensor, matrix: Tensor) -> Tensor:
+    """``(N, 1, D, H, W)`` -> ``(N, 8, d·h·w)`` with a stride-2 conv3d (fastest on the CPU)."""
+    return F.conv3d(x, matrix.reshape(8, 1, 2, 2, 2), stride=2).flatten(2)
+
+
+def _dwt_gather(x: Tensor, matrix: Tensor) -> Tensor:
+    """``(N, 1, D, H, W)`` -> ``(N, 8, d·h·w)`` with one gathering copy and a matrix product.
+
+    Faster than cuDNN's strided conv3d on GPUs (0.59 vs 1.54 ms at 4 × 224³ on an H200); on the CPU the gathering
+    copy is the slow part (43 vs 5.5 ms at 4 × 112³).
+    """
+    n, _, d2, h2, w2 = x.shape
+    voxels = x.reshape(n, d2 // 2, 2, h2 // 2, 2, w2 // 2, 2).permute(0, 2, 4, 6, 1, 3, 5)
+    return torch.matmul(matrix, voxels.reshape(n, 8, -1))
+
+
+def _idwt_permute(flat: Tensor, matrix: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """``(N, 8, d·h·w)`` -> ``(N, 2d, 2h, 2w)``: matrix product, then a permute puts each voxel in its block."""
+    d, h, w = shape
+    blocks = torch.matmul(matrix.T, flat).reshape(-1, 2, 2, 2, d, h, w)
+    # (N, i, j, l, d, h, w) -> (N, d, i, h, j, w, l)
+    return blocks.permute(0, 4, 1, 5, 2, 6, 3).reshape(-1, 2 * d, 2 * h, 2 * w)
+
+
+def _idwt_complex(flat: Tensor, matrix: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Same result as :func:`_idwt_permute`, about twice as fast on the CPU (float32/float64 only).
+
+    With the rows reordered to (l, i, j), the even-w and odd-w voxels come out as two groups of four planes;
+    ``torch.complex`` interleaves them along w (its real/imaginary pairs) in the same pass that puts i and j in
+    place, copying whole rows of w instead of pairs. On CUDA the permute is as fast or faster (0.08 vs 0.19 ms at
+    112³ on an H200), so this path is used on the CPU only.
+    """
+    d, h, w = shape
+    n = flat.shape[0]
+    blocks = torch.matmul(matrix.T[_LIJ_ROWS], flat).reshape(n, 2, 2, 2, d, h, w)
+    even, odd = (blocks[:, k].permute(0, 3, 1, 4, 2, 5) for k in (0, 1))  # (n, d, i, h, j, w)
+    if torch.is_grad_enabled() and flat.requires_grad:
+        pairs = torch.complex(even, odd)  # out= has no autograd; the reshape below copies
+    else:
+        # A contiguous out= makes the loop run in output order (innermost w, contiguous on both sides); without it
+        # the result would keep the permuted layout of the inputs and need one more copy.
+        pairs = torch.empty((n, d, 2, h, 2, w), dtype=_COMPLEX_OF[flat.dtype], device=flat.device)
+        torch.complex(even, odd, out=pairs)
+    return torch.view_as_real(pairs).reshape(n, 2 * d, 2 * h, 2 * w)
 
 
 def dwt3d(x: Tensor) -> Tensor:
@@ -85,9 +132,10 @@ def dwt3d(x: Tensor) -> Tensor:
         raise ValueError(f"dwt3d expects a 5-D tensor (B, C, D, H, W), got shape {tuple(x.shape)}")
     b, c, d, h, w = x.shape
     _check_even((d, h, w))
-    weight = _matrix(x).reshape(8, 1, 2, 2, 2)
+    matrix = _matrix(x)
+    transform = _dwt_conv if x.device.type == "cpu" else _dwt_gather
     with torch.autocast(x.device.type, enabled=False):
-        bands = F.conv3d(x.reshape(b * c, 1, d, h, w).to(weight.dtype), weight, stride=2)
+        bands = transform(x.reshape(b * c, 1, d, h, w).to(matrix.dtype), matrix)
     return bands.reshape(b, c * 8, d // 2, h // 2, w // 2)
 
 
@@ -108,28 +156,11 @@ def idwt3d(bands: Tensor) -> Tensor:
             f"idwt3d expects (B, 8·C, d, h, w) with a channel count divisible by 8, got shape {tuple(bands.shape)}"
         )
     b, c8, d, h, w = bands.shape
-    n = b * c8 // 8
     matrix = _matrix(bands)
+    use_complex = bands.device.type == "cpu" and matrix.dtype in _COMPLEX_OF
+    transform = _idwt_complex if use_complex else _idwt_permute
     with torch.autocast(bands.device.type, enabled=False):
-        flat = bands.reshape(n, 8, d * h * w).to(matrix.dtype)
-        if matrix.dtype in _COMPLEX_OF:
-            # Rows reordered to (l, i, j): the even-w and odd-w voxels come out as two separate groups of four
-            # planes, which torch.complex interleaves along w in the same pass that puts i and j in place.
-            blocks = torch.matmul(matrix.T[_LIJ_ROWS], flat).reshape(n, 2, 2, 2, d, h, w)
-            even, odd = (blocks[:, k].permute(0, 3, 1, 4, 2, 5) for k in (0, 1))  # (n, d, i, h, j, w)
-            if torch.is_grad_enabled() and bands.requires_grad:
-                y = torch.view_as_real(torch.complex(even, odd))  # out= has no autograd; reshape below copies
-            else:
-                # A contiguous out= makes the loop run in output order (innermost w, contiguous on both sides);
-                # without it the result would keep the permuted layout of the inputs and need one more copy.
-                interleaved = torch.empty(
-                    (n, d, 2, h, 2, w), dtype=_COMPLEX_OF[matrix.dtype], device=bands.device
-                )
-                y = torch.view_as_real(torch.complex(even, odd, out=interleaved))
-        else:
-            blocks = torch.matmul(matrix.T, flat).reshape(n, 2, 2, 2, d, h, w)
-            # (n, i, j, l, d, h, w) -> (n, d, i, h, j, w, l): each voxel back to its place in its block.
-            y = blocks.permute(0, 4, 1, 5, 2, 6, 3)
+        y = transform(bands.reshape(b * c8 // 8, 8, d * h * w).to(matrix.dtype), matrix, (d, h, w))
     return y.reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
 
 

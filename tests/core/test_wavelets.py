@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flowlet import wavelets
 from flowlet.wavelets import BAND_NAMES, HAAR_MATRIX, HaarCodec, dwt3d, idwt3d
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
@@ -145,3 +146,16 @@ def test_inverse_with_and_without_autograd_agree_and_are_contiguous():
     tracked = idwt3d(bands.clone().requires_grad_())
     assert plain.is_contiguous() and tracked.is_contiguous() and tracked.requires_grad
     torch.testing.assert_close(plain, tracked.detach(), atol=0, rtol=0)
+
+
+def test_gpu_strategies_agree_with_the_cpu_ones():
+    # dwt3d/idwt3d pick a strategy per device (conv3d and torch.complex on the CPU, gather/permute + matrix product
+    # on GPUs); both pairs are run here on the CPU so that the GPU code paths are checked without a GPU.
+    x = torch.randn(3, 1, 6, 4, 10, dtype=torch.float64)
+    matrix = wavelets._matrix(x)
+    gathered = wavelets._dwt_gather(x, matrix).reshape(3, 8, 3, 2, 5)
+    torch.testing.assert_close(gathered, dwt3d(x), atol=1e-12, rtol=0)
+    bands = dwt3d(x)
+    permuted = wavelets._idwt_permute(bands.reshape(3, 8, -1), matrix, (3, 2, 5)).reshape(x.shape)
+    torch.testing.assert_close(permuted, idwt3d(bands), atol=1e-12, rtol=0)
+    torch.testing.assert_close(permuted, x, atol=1e-12, rtol=0)
