@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from flowlet.data.io import write_json_atomic
+from flowlet.runtime import allocator_tuned, tune_cpu_allocator
 
 __all__ = [
     "add_common_args",
@@ -38,13 +39,20 @@ log = logging.getLogger("benchmarks")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--device``, ``--threads``, ``--repeats``, ``--out`` (JSON path) and ``--full``."""
+def add_common_args(parser: argparse.ArgumentParser, name: str, *, allocator_both: bool = False) -> None:
+    """``--device``, ``--threads``, ``--repeats``, ``--out`` (JSON path), ``--full`` and ``--allocator``."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per variant")
     parser.add_argument("--out", default=str(RESULTS_DIR / f"{name}.json"), help="JSON output file")
     parser.add_argument("--full", action="store_true", help="also run the large (slow) sizes")
+    parser.add_argument(
+        "--allocator",
+        choices=["tuned", "default", "both"] if allocator_both else ["tuned", "default"],
+        default="both" if allocator_both else "tuned",
+        help="tuned (as the flowlet commands run: flowlet.runtime.tune_cpu_allocator) or glibc's default"
+        + ("; both: a default pass, then a tuned pass in the same process" if allocator_both else ""),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +68,8 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Logging, thread count and device from the common flags."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(max(1, args.threads))
+    if getattr(args, "allocator", "default") == "tuned":
+        tune_cpu_allocator()
     return resolve_device(args.device)
 
 
@@ -96,6 +106,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator_tuned(),
         "loadavg": list(os.getloadavg()),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
-for name in haar unet sampling solvers bap cost_curves; do
+for name in haar unet sampling solvers bap cost_curves allocator; do
     echo "== ${name} =="
     "${PY}" "benchmarks/${name}.py" "$@"
 done

@@ -183,6 +183,7 @@ def peak_memory_mib(
             (runner.forward if mode == "forward" else runner.train_step)(v)
         return torch.cuda.max_memory_allocated(device) / 2**20
     cmd = [sys.executable, __file__, "--probe", case, v.name, mode, "--threads", str(args.threads)]
+    cmd += ["--allocator", args.allocator]
     cmd += ["--compile"] if v.compile else []
     cmd += ["--cpu-bf16"] if args.cpu_bf16 else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)

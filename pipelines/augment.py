@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg, resolve_device
+from pipelines.arguments import batch_size_arg, resolve_device, setup_cli
 
 logger = logging.getLogger("flowlet.augment")
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli("%(levelname)s %(name)s: %(message)s")
     from flowlet.data.io import FolderLockedError
 
     try:

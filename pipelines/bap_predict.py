@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipelines.arguments import setup_cli
+
 logger = logging.getLogger(__name__)
 
 _EXAMPLE = """example:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bap-predict``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_cli("%(asctime)s %(name)s: %(message)s")
     try:
         return run(args)
     except (ValueError, OSError) as exc:

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipelines.arguments import setup_cli
+
 logger = logging.getLogger(__name__)
 
 _EXAMPLE = """examples:
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bap-train``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_cli("%(asctime)s %(name)s: %(message)s")
     try:
         return run(args)
     except ValueError as exc:

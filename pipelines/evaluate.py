@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.arguments import setup_cli
+
 logger = logging.getLogger("flowlet.eval")
 
 EXAMPLE = """examples:
@@ -556,7 +558,7 @@ def run_tables(inputs: Sequence[Path], names: Sequence[str] | None, out: Path, c
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``flowlet-eval``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli("%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args)
         if args.command == "regions":  # checked before --out is created

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg, resolve_device
+from pipelines.arguments import batch_size_arg, resolve_device, setup_cli
 
 logger = logging.getLogger("flowlet.generate")
 
@@ -331,8 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli()
     try:
         run(args)
     except (ValueError, OSError, FolderLockedError) as exc:  # CheckpointError and NiftiError are ValueErrors

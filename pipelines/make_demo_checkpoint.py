@@ -293,7 +293,9 @@ def run_ablations(work: Path, steps: int, docs: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.arguments import setup_cli
+
+    setup_cli()
     from flowlet.data.io import write_json_atomic
 
     if args.ablate:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from pipelines.arguments import setup_cli
+
 logger = logging.getLogger(__name__)
 
 _EXAMPLE = """example:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli("%(levelname)s %(name)s: %(message)s")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
     from flowlet.data.io import FolderLockedError

@@ -99,6 +99,9 @@ def run_training(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``flowlet-train``; returns the exit status."""
     args = _parser().parse_args(argv)
+    from flowlet.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # logging is set up per run folder by run_training
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.source={args.data}")

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.arguments import setup_cli
+
 logger = logging.getLogger("flowlet.study")
 
 EXAMPLE = """examples:
@@ -87,9 +89,7 @@ def run(
 def _main(argv: Sequence[str] | None, *, demo: bool) -> int:
     prog = "flowlet-demo" if demo else "flowlet-study"
     args = build_parser(prog, demo=demo).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    setup_cli(datefmt="%H:%M:%S")
     try:
         return run(
             "demo" if demo else args.config,
