@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if --out holds brains generated with other settings, delete them and generate again "
+        "(without it such a folder is refused; same settings resume)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
@@ -125,6 +131,7 @@ class AugmentOptions:
     config_path: str | None = None
     condition_ranges_path: str | None = None
     progress: bool = True
+    overwrite: bool = False
 
 
 def plan_augmentation(real_ages, options: AugmentOptions):
@@ -219,6 +226,7 @@ def augment(real_ages, options: AugmentOptions):
         generated_by=generated_by,
         shard=shard,
         progress=options.progress,
+        replace=options.overwrite,
     )
     plot_histograms(plan, Path(options.out) / "age_histograms.png")
     return plan, result
@@ -250,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         save_size=tuple(args.save_size) if args.save_size else None,
         affine=args.affine,
         shard=args.shard,
+        overwrite=args.overwrite,
         device=args.device,
         config_path=args.config_path,
         condition_ranges_path=args.condition_ranges_path,

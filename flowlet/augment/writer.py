@@ -14,12 +14,19 @@ is computed in, and this keeps the union of shards equal to one unsharded run by
 and thread count). The metadata files depend only on the plan, so every shard writes the same bytes. Volumes are
 written atomically: a file under its final name is complete. On a rerun, finished files are verified (readable,
 right shape) and skipped; a batch with any missing file is recomputed and only its missing files are written.
+
+A rerun only resumes a folder made with the same settings: the checkpoint's SHA-256, the plan and sampling
+configuration in ``dataset_description.json`` and the sample table (ids, ages, seeds) must match (the batch size
+may differ; it only changes float rounding). Otherwise :func:`write_augmentation` refuses and names what differs,
+or, with ``replace=True``, deletes the previous brains and metadata first.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +146,70 @@ def _is_complete(path: Path, shape: tuple[int, ...]) -> bool:
     return True
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _settings(generated_by: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance fields that decide the brains (version, names and the batch size do not)."""
+    settings = _flatten(
+        {"CheckpointSHA256": generated_by.get("CheckpointSHA256"), "Config": generated_by.get("Config")}
+    )
+    settings.pop("Config.sampling.batch_size", None)
+    return settings
+
+
+def _sample_ids(samples: pd.DataFrame) -> list[tuple[str, float, int]]:
+    return [
+        (str(pid), round(float(age), 6), int(seed))
+        for pid, age, seed in zip(samples["participant_id"], samples[keys.AGE], samples["seed"])
+    ]
+
+
+def _settings_differences(out_dir: Path, generated_by: Mapping[str, Any], samples: pd.DataFrame) -> list[str]:
+    """What differs between the folder's recorded settings and these (empty: same settings, or a new folder)."""
+    description = out_dir / "dataset_description.json"
+    if not description.is_file():
+        return []
+    try:
+        old = json.loads(description.read_text(encoding="utf-8"))["GeneratedBy"][0]
+        old_samples = pd.read_csv(out_dir / "participants.tsv", sep="\t")
+        old_ids = _sample_ids(old_samples)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(
+            f"{out_dir}: not a folder written by flowlet-augment ({description.name} or participants.tsv: {exc}); "
+            "choose a new output folder"
+        ) from exc
+    # compare what was written with what would be written (JSON turns tuples into lists)
+    before, now = _settings(old), _settings(json.loads(json.dumps(dict(generated_by), default=str)))
+    diffs = [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(before) | set(now))
+        if before.get(k) != now.get(k)
+    ]
+    if old_ids != _sample_ids(samples):
+        diffs.append(
+            f"participants.tsv: {len(old_ids)} -> {len(samples)} samples, or other ids, ages or seeds"
+        )
+    return diffs
+
+
+def _remove_previous(out_dir: Path) -> None:
+    """Delete the brains and metadata of a previous augmentation in ``out_dir`` (nothing else)."""
+    old = pd.read_csv(out_dir / "participants.tsv", sep="\t")
+    for pid in old["participant_id"].astype(str):
+        folder = out_dir / pid
+        if pid.startswith("sub-") and "/" not in pid and folder.is_dir():
+            shutil.rmtree(folder)
+    for name in ("dataset_description.json", "participants.tsv", "plan.tsv", "age_histograms.png"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def write_augmentation(
     out_dir: str | Path,
     bundle: Any,
@@ -151,6 +222,7 @@ def write_augmentation(
     generated_by: Mapping[str, Any],
     shard: Shard = Shard(),
     progress: bool = True,
+    replace: bool = False,
 ) -> AugmentResult:
     """Generate the brains of ``samples`` that this shard owns and that are not already complete.
 
@@ -165,11 +237,32 @@ def write_augmentation(
         generated_by: provenance merged into ``dataset_description.json`` (checkpoint hash, config...).
         shard: which part of the samples to generate.
         progress: show a progress bar.
+        replace: when ``out_dir`` holds brains made with other settings, delete them and start again instead of
+            raising. Refused together with a shard count above 1 (shards run concurrently).
+
+    Raises:
+        ValueError: ``out_dir`` holds an augmentation made with other settings (the message lists them) and
+            ``replace`` is false, or it is not an augmentation folder.
     """
     from flowlet.sampling import decode_and_export, iter_generate, write_volumes
 
     out_dir = Path(out_dir)
+    if replace and shard.count > 1:
+        raise ValueError(
+            "replacing a previous augmentation cannot be combined with shards; empty the folder first"
+        )
     with folder_lock(out_dir, name=f".lock-shard-{shard.index}-of-{shard.count}"):
+        diffs = _settings_differences(out_dir, generated_by, samples)
+        if diffs and not replace:
+            raise ValueError(
+                f"{out_dir} holds synthetic brains generated with other settings ({'; '.join(diffs)}); "
+                "use a new output folder, or --overwrite to delete them and generate again"
+            )
+        if diffs:
+            logger.warning(
+                "%s: replacing the brains generated with other settings (%s)", out_dir, "; ".join(diffs)
+            )
+            _remove_previous(out_dir)
         write_metadata(out_dir, plan, samples, generated_by)
         size = sampling_config.batch_size
         batches = [list(range(k, min(k + size, len(samples)))) for k in range(0, len(samples), size)]

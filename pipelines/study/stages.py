@@ -165,6 +165,7 @@ def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         batch_size=a.batch_size,
         config_path=generator.get("config_path"),
         condition_ranges_path=generator.get("condition_ranges_path"),
+        overwrite=True,  # the stage reruns because its settings changed or it was killed: same settings resume
     )
     plan, result = augment(train_ages, options)
     return {

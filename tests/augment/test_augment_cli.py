@@ -145,3 +145,37 @@ def test_bad_inputs_are_named(tiny_cohort, tiny_checkpoint, tmp_path, capsys):
         == 2
     )
     assert "allow-extrapolation" in capsys.readouterr().err
+
+
+def _brains(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob("sub-syn*/anat/*.nii.gz"))}
+
+
+def test_rerun_with_other_settings_is_refused_and_keeps_the_folder(
+    tiny_cohort, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert main(_args(tiny_cohort, tiny_checkpoint, out)) == 0
+    before, description = _brains(out), (out / "dataset_description.json").read_text()
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--solver", "heun")) == 2
+    err = capsys.readouterr().err
+    assert "Config.sampling.solver: 'midpoint' -> 'heun'" in err and "--overwrite" in err
+    assert _brains(out) == before and (out / "dataset_description.json").read_text() == description
+    # a different plan (more synthetic brains, other ids/ages) is refused too
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--synthetic-ratio", "3")) == 2
+    assert "participants.tsv" in capsys.readouterr().err
+    # the batch size only changes rounding: the same settings otherwise resume
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--batch-size", "2")) == 0
+    assert _brains(out) == before
+
+
+def test_overwrite_replaces_brains_made_with_other_settings(tiny_cohort, tiny_checkpoint, tmp_path):
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--synthetic-ratio", "3")) == 0
+    (out / "notes.txt").write_text("kept")
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--solver", "heun", "--overwrite")) == 0
+    assert main(_args(tiny_cohort, tiny_checkpoint, fresh, "--solver", "heun")) == 0
+    # the result equals a run into an empty folder: no brain of the old plan is left, other files are untouched
+    assert _brains(out) == _brains(fresh)
+    assert (out / "notes.txt").read_text() == "kept"
+    assert main(_args(tiny_cohort, tiny_checkpoint, out, "--overwrite", "--shard", "0/2")) == 2
