@@ -23,7 +23,7 @@ from pipelines.study.config import StudyConfig
 from pipelines.study.html import HtmlReport
 from pipelines.study.runner import StageContext
 
-__all__ = ["bin_effects", "conclusion_sentences", "run_report"]
+__all__ = ["bin_effects", "conclusion_sentences", "fidelity_sentences", "run_report"]
 
 
 def _path(ctx: StageContext, stage: str, key: str) -> Path | None:
@@ -126,6 +126,33 @@ def conclusion_sentences(effects: pd.DataFrame, sparse_bins: list[str]) -> list[
                 f"{row['mae_augmented']:.2f} (difference {row['diff_years']:+.2f}, 95 % CI "
                 f"[{row['diff_low']:+.2f}, {row['diff_high']:+.2f}], n = {int(row['n_test'])})."
             )
+    return sentences
+
+
+def _pace(real: float, synthetic: float) -> str:
+    if real * synthetic <= 0:
+        return "in the opposite direction to"
+    return "more slowly than" if abs(synthetic) < abs(real) else "faster than"
+
+
+def fidelity_sentences(key_regions: pd.DataFrame) -> list[str]:
+    """Plain-language findings of the regional evaluation: every key region whose age slope differs (flagged)."""
+    if key_regions is None or key_regions.empty or "flagged" not in key_regions:
+        return []
+    flagged = key_regions[key_regions["flagged"].astype(str).str.lower() == "true"]
+    if flagged.empty:
+        return [
+            "The regional evaluation finds no key region whose volume-age slope differs between real and synthetic "
+            "brains."
+        ]
+    sentences = []
+    for row in flagged.itertuples():
+        sentences.append(
+            f"The regional evaluation flags {row.region} ({row.tissue}): its volume changes by "
+            f"{row.slope_synthetic:+.0f} mm³ per year in the synthetic brains against {row.slope_real:+.0f} in the "
+            f"real ones (p = {row.p_value:.2g}), so the synthetic brains age {_pace(row.slope_real, row.slope_synthetic)} "
+            "the real ones there; a brain-age model trained on them learns that difference."
+        )
     return sentences
 
 
@@ -250,6 +277,9 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     sentences = (
         conclusion_sentences(effects, sparse) if not effects.empty else ["Only one ratio was trained."]
     )
+    evaluation = ctx.results["eval"].outputs
+    if "quality" in evaluation:
+        sentences += fidelity_sentences(_read(ctx.study_dir / evaluation["quality"] / "key_regions.csv"))
     for sentence in sentences:
         report.paragraph(sentence, css_class="conclusion")
     report.paragraph(
@@ -307,7 +337,6 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     report.table(effects, caption="paired MAE difference per age bin (augmented − real-only)")
     report.figure(ctx.study_dir / bap["figure"], caption="per-bin test MAE by synthetic ratio")
 
-    evaluation = ctx.results["eval"].outputs
     if "quality" in evaluation:
         folder = ctx.study_dir / evaluation["quality"]
         report.heading("Regional anatomical fidelity")

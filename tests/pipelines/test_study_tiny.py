@@ -80,6 +80,7 @@ def test_tiny_study_runs_reuses_and_reruns_from_bap(tmp_path, tiny_generator, ca
     ):
         assert section in html
     assert html.count("data:image/png;base64,") >= 4
+    assert "The regional evaluation" in (out / "report" / "conclusion.md").read_text()
     records = {
         s: json.loads((out / s / "stage.json").read_text()) for s in ("cohort", "augment", "bap", "report")
     }
