@@ -18,7 +18,8 @@ right shape) and skipped; a batch with any missing file is recomputed and only i
 A rerun only resumes a folder made with the same settings: the checkpoint's SHA-256, the plan and sampling
 configuration in ``dataset_description.json`` and the sample table (ids, ages, seeds) must match (the batch size
 may differ; it only changes float rounding). Otherwise :func:`write_augmentation` refuses and names what differs,
-or, with ``replace=True``, deletes the previous brains and metadata first.
+or, with ``replace=True``, replaces the previous brains (parked under hidden names until the new metadata is
+written, so a failed or killed replacement never leaves old brains under a new description).
 """
 
 from __future__ import annotations
@@ -199,15 +200,11 @@ def _settings_differences(out_dir: Path, generated_by: Mapping[str, Any], sample
     return diffs
 
 
-def _remove_previous(out_dir: Path) -> None:
-    """Delete the brains and metadata of a previous augmentation in ``out_dir`` (nothing else)."""
+def _previous_subjects(out_dir: Path) -> list[Path]:
+    """The subject folders of the augmentation recorded in ``out_dir/participants.tsv`` (nothing else)."""
     old = pd.read_csv(out_dir / "participants.tsv", sep="\t")
-    for pid in old["participant_id"].astype(str):
-        folder = out_dir / pid
-        if pid.startswith("sub-") and "/" not in pid and folder.is_dir():
-            shutil.rmtree(folder)
-    for name in ("dataset_description.json", "participants.tsv", "plan.tsv", "age_histograms.png"):
-        (out_dir / name).unlink(missing_ok=True)
+    pids = [str(pid) for pid in old["participant_id"]]
+    return [out_dir / p for p in pids if p.startswith("sub-") and "/" not in p and (out_dir / p).is_dir()]
 
 
 def write_augmentation(
@@ -258,12 +255,26 @@ def write_augmentation(
                 f"{out_dir} holds synthetic brains generated with other settings ({'; '.join(diffs)}); "
                 "use a new output folder, or --overwrite to delete them and generate again"
             )
+        for leftover in out_dir.glob(".stale-sub-*"):  # parked by a replacing run that was killed
+            shutil.rmtree(leftover)
+        # Replacing: park the old brains under hidden names, write the new metadata (atomic), then delete them. If
+        # the metadata cannot be written they are put back, so the folder always describes the brains it holds.
+        stale = _previous_subjects(out_dir) if diffs else []
+        parked = [folder.with_name(f".stale-{folder.name}") for folder in stale]
+        for folder, hidden in zip(stale, parked):
+            folder.rename(hidden)
+        try:
+            write_metadata(out_dir, plan, samples, generated_by)
+        except BaseException:
+            for folder, hidden in zip(stale, parked):
+                hidden.rename(folder)
+            raise
         if diffs:
             logger.warning(
-                "%s: replacing the brains generated with other settings (%s)", out_dir, "; ".join(diffs)
+                "%s: replaced the brains generated with other settings (%s)", out_dir, "; ".join(diffs)
             )
-            _remove_previous(out_dir)
-        write_metadata(out_dir, plan, samples, generated_by)
+        for hidden in parked:
+            shutil.rmtree(hidden)
         size = sampling_config.batch_size
         batches = [list(range(k, min(k + size, len(samples)))) for k in range(0, len(samples), size)]
         owned = [b for k, b in enumerate(batches) if shard.owns(k)]

@@ -177,5 +177,5 @@ def test_overwrite_replaces_brains_made_with_other_settings(tiny_cohort, tiny_ch
     assert main(_args(tiny_cohort, tiny_checkpoint, fresh, "--solver", "heun")) == 0
     # the result equals a run into an empty folder: no brain of the old plan is left, other files are untouched
     assert _brains(out) == _brains(fresh)
-    assert (out / "notes.txt").read_text() == "kept"
+    assert (out / "notes.txt").read_text() == "kept" and not list(out.glob(".stale-*"))
     assert main(_args(tiny_cohort, tiny_checkpoint, out, "--overwrite", "--shard", "0/2")) == 2

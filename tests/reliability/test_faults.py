@@ -242,7 +242,7 @@ def test_full_disk_during_augment_keeps_the_previous_files(cli, tmp_path, tiny_c
     assert cli(augment.main, argv).code == 0
     before = snapshot(out)
     full_disk(after=0)
-    result = cli(augment.main, [*argv, "--seed", "5"])
+    result = cli(augment.main, [*argv, "--seed", "5", "--overwrite"])  # other settings: replace the brains
     assert result.code == 2
     assert "dataset_description.json: No space left on device" in result.text
     assert snapshot(out) == before and temp_files(out) == []
