@@ -105,6 +105,10 @@ def _training_length_sentence(config) -> str:
     )
 
 
+#: Below this many test scans in a bin, the conclusion warns that the bin's bootstrap interval is not reliable.
+FEW_TEST_SCANS = 10
+
+
 def conclusion_sentences(effects: pd.DataFrame, sparse_bins: list[str]) -> list[str]:
     """Plain-language findings, one per ratio, overall and for the sparsest bins."""
     sentences = []
@@ -121,10 +125,16 @@ def conclusion_sentences(effects: pd.DataFrame, sparse_bins: list[str]) -> list[
             if rows.empty:
                 continue
             row = rows.iloc[0]
+            n = int(row["n_test"])
+            caveat = (
+                f"; only {n} test scans, too few for a reliable bootstrap interval"
+                if n < FEW_TEST_SCANS
+                else ""
+            )
             sentences.append(
                 f"  In the sparse bin {label} years it {_verdict(row)} the MAE: {row['mae_real_only']:.2f} → "
                 f"{row['mae_augmented']:.2f} (difference {row['diff_years']:+.2f}, 95 % CI "
-                f"[{row['diff_low']:+.2f}, {row['diff_high']:+.2f}], n = {int(row['n_test'])})."
+                f"[{row['diff_low']:+.2f}, {row['diff_high']:+.2f}], n = {n}{caveat})."
             )
     return sentences
 
@@ -156,12 +166,20 @@ def fidelity_sentences(key_regions: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _sparse_bins(split: pd.DataFrame, bin_width: float, count: int = 3) -> list[str]:
-    train = split[split[keys.SPLIT] == "train"]
-    low = np.floor(train[keys.AGE] / bin_width) * bin_width
-    counts = pd.Series([f"{a:g}-{a + bin_width:g}" for a in low]).value_counts()
-    all_bins = {f"{a:g}-{a + bin_width:g}" for a in np.floor(split[keys.AGE] / bin_width) * bin_width}
-    counts = counts.reindex(sorted(all_bins, key=lambda b: float(b.split("-")[0])), fill_value=0)
+def _sparse_bins(split: pd.DataFrame, bin_width: float, count: int = 3, min_test: int = 2) -> list[str]:
+    """The ``count`` age bins with the fewest real training scans among those with ``min_test`` test scans or more.
+
+    Bins with fewer test scans have no paired test (``bin_effects`` skips them), so naming them would say nothing.
+    """
+
+    def labels(frame: pd.DataFrame) -> pd.Series:
+        low = np.floor(frame[keys.AGE] / bin_width) * bin_width
+        return pd.Series([f"{a:g}-{a + bin_width:g}" for a in low], dtype=object)
+
+    train = labels(split[split[keys.SPLIT] == "train"]).value_counts()
+    test = labels(split[split[keys.SPLIT] == "test"]).value_counts()
+    testable = sorted(test[test >= min_test].index, key=lambda b: float(b.split("-")[0]))
+    counts = train.reindex(testable, fill_value=0)
     return counts.sort_values(kind="stable").index[:count].tolist()
 
 
@@ -285,7 +303,7 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     report.paragraph(
         "Differences are augmented minus real-only MAE on the same real test scans (negative = better), averaged over "
         f"{config.bap.seeds} training seed(s); CIs resample test subjects (paired bootstrap). The sparse bins are the "
-        f"{len(sparse)} age bins with the fewest real training scans. "
+        f"{len(sparse)} age bins with the fewest real training scans among those with at least 2 test scans. "
         + _training_length_sentence(config)
         + (
             "The cohort is the ageing phantom: a test bed with known ground truth, not real brains; conclusions about "
