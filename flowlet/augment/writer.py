@@ -172,20 +172,32 @@ def _sample_ids(samples: pd.DataFrame) -> list[tuple[str, float, int]]:
     ]
 
 
-def _settings_differences(out_dir: Path, generated_by: Mapping[str, Any], samples: pd.DataFrame) -> list[str]:
-    """What differs between the folder's recorded settings and these (empty: same settings, or a new folder)."""
+def _previous_record(out_dir: Path) -> tuple[Mapping[str, Any], pd.DataFrame] | None:
+    """The ``GeneratedBy`` entry and the sample table of an earlier augmentation in ``out_dir`` (None: new folder)."""
     description = out_dir / "dataset_description.json"
     if not description.is_file():
-        return []
+        return None
     try:
-        old = json.loads(description.read_text(encoding="utf-8"))["GeneratedBy"][0]
-        old_samples = pd.read_csv(out_dir / "participants.tsv", sep="\t")
-        old_ids = _sample_ids(old_samples)
+        generated_by = json.loads(description.read_text(encoding="utf-8"))["GeneratedBy"][0]
+        samples = pd.read_csv(out_dir / "participants.tsv", sep="\t")
+        _sample_ids(samples)  # the columns a comparison needs
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise ValueError(
             f"{out_dir}: not a folder written by flowlet-augment ({description.name} or participants.tsv: {exc}); "
             "choose a new output folder"
         ) from exc
+    return generated_by, samples
+
+
+def _settings_differences(
+    previous: tuple[Mapping[str, Any], pd.DataFrame] | None,
+    generated_by: Mapping[str, Any],
+    samples: pd.DataFrame,
+) -> list[str]:
+    """What differs between the folder's recorded settings and these (empty: same settings, or a new folder)."""
+    if previous is None:
+        return []
+    old, old_samples = previous
     # compare what was written with what would be written (JSON turns tuples into lists)
     before, now = _settings(old), _settings(json.loads(json.dumps(dict(generated_by), default=str)))
     diffs = [
@@ -193,17 +205,16 @@ def _settings_differences(out_dir: Path, generated_by: Mapping[str, Any], sample
         for k in sorted(set(before) | set(now))
         if before.get(k) != now.get(k)
     ]
-    if old_ids != _sample_ids(samples):
+    if _sample_ids(old_samples) != _sample_ids(samples):
         diffs.append(
-            f"participants.tsv: {len(old_ids)} -> {len(samples)} samples, or other ids, ages or seeds"
+            f"participants.tsv: {len(old_samples)} -> {len(samples)} samples, or other ids, ages or seeds"
         )
     return diffs
 
 
-def _previous_subjects(out_dir: Path) -> list[Path]:
-    """The subject folders of the augmentation recorded in ``out_dir/participants.tsv`` (nothing else)."""
-    old = pd.read_csv(out_dir / "participants.tsv", sep="\t")
-    pids = [str(pid) for pid in old["participant_id"]]
+def _subject_folders(out_dir: Path, samples: pd.DataFrame) -> list[Path]:
+    """The existing subject folders of ``samples`` in ``out_dir`` (nothing else)."""
+    pids = [str(pid) for pid in samples["participant_id"]]
     return [out_dir / p for p in pids if p.startswith("sub-") and "/" not in p and (out_dir / p).is_dir()]
 
 
@@ -249,7 +260,8 @@ def write_augmentation(
             "replacing a previous augmentation cannot be combined with shards; empty the folder first"
         )
     with folder_lock(out_dir, name=f".lock-shard-{shard.index}-of-{shard.count}"):
-        diffs = _settings_differences(out_dir, generated_by, samples)
+        previous = _previous_record(out_dir)
+        diffs = _settings_differences(previous, generated_by, samples)
         if diffs and not replace:
             raise ValueError(
                 f"{out_dir} holds synthetic brains generated with other settings ({'; '.join(diffs)}); "
@@ -259,7 +271,7 @@ def write_augmentation(
             shutil.rmtree(leftover)
         # Replacing: park the old brains under hidden names, write the new metadata (atomic), then delete them. If
         # the metadata cannot be written they are put back, so the folder always describes the brains it holds.
-        stale = _previous_subjects(out_dir) if diffs else []
+        stale = _subject_folders(out_dir, previous[1]) if diffs else []
         parked = [folder.with_name(f".stale-{folder.name}") for folder in stale]
         for folder, hidden in zip(stale, parked):
             folder.rename(hidden)
