@@ -104,11 +104,10 @@ def measure_cohort(
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process that may hold thread pools
         with ProcessPoolExecutor(
             max_workers=min(jobs, len(rows)),
-            mp_context=multiprocessing.get_context(
-                "spawn"
-            ),  # no fork of a process that may hold thread pools
+            mp_context=spawn,
             initializer=_init_worker,
             initargs=(volumetrics, options),
         ) as pool:
