@@ -8,11 +8,11 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-import flowlet
 from flowlet.data import keys
 from flowlet.data.cohort_sources import normalize_session_id, normalize_subject_id, read_table
 from flowlet.data.io import folder_lock, write_bytes_atomic, write_json_atomic, write_table_atomic
@@ -21,6 +21,15 @@ from flowlet.data.prep.qc import qc_table, write_montage
 from flowlet.data.prep.subject import PrepConfig, ScanJob, ScanResult, prepare_scan, verify_scan
 
 logger = logging.getLogger(__name__)
+
+
+def _toolkit_version() -> str:
+    """The installed distribution's version (the data layer does not import the generator's root package)."""
+    try:
+        return metadata.version("flowlet-toolkit")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
 
 __all__ = ["PrepReport", "find_scans", "run_prep"]
 
@@ -173,7 +182,7 @@ def _write_description(out_dir: Path, config: PrepConfig) -> None:
             "GeneratedBy": [
                 {
                     "Name": "flowlet-prep",
-                    "Version": flowlet.__version__,
+                    "Version": _toolkit_version(),
                     "Description": "RAS reorientation, N4, affine registration to "
                     f"{config.template}, {config.voxel_size:g} mm MNI grid, brain extraction",
                 }
