@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--real", required=True, help="real cohort: BIDS folder, CSV/TSV, official catalog")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint file, or 'demo' for the shipped 4 mm demo model"
+        "--checkpoint",
+        required=True,
+        help="checkpoint file or folder, 'demo' (the shipped 4 mm demo model), a released variant "
+        "(rfm-91-base, rfm-91-large, rfm-182-base, rfm-182-large) or hf://owner/repo/path.pth",
     )
+    p.add_argument("--revision", help="hub branch, tag or commit of a released variant / hf:// checkpoint")
+    p.add_argument("--cache-dir", help="Hugging Face cache folder (default: HF_HUB_CACHE, else HF_HOME/hub)")
     p.add_argument(
         "--config-path", help="official config.json (official checkpoints; default: next to the file)"
     )
@@ -130,6 +135,8 @@ class AugmentOptions:
     device: str = "auto"
     config_path: str | None = None
     condition_ranges_path: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
     progress: bool = True
     overwrite: bool = False
 
@@ -167,11 +174,14 @@ def augment(real_ages, options: AugmentOptions):
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)
-    from flowlet.assets import resolve_checkpoint
+    from flowlet.hub import resolve_reference
 
-    ckpt = resolve_checkpoint(options.checkpoint)
+    ref = resolve_reference(options.checkpoint, revision=options.revision, cache_dir=options.cache_dir)
+    ckpt = ref.checkpoint
     bundle = load_bundle(
-        ckpt, config_path=options.config_path, condition_ranges_path=options.condition_ranges_path
+        ckpt,
+        config_path=options.config_path or ref.config_path,
+        condition_ranges_path=options.condition_ranges_path or ref.condition_ranges_path,
     )
     rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xA6E]))
     ages = draw_ages(
@@ -262,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         config_path=args.config_path,
         condition_ranges_path=args.condition_ranges_path,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
         progress=not args.no_progress,
     )
     ages = load_cohort(args.real).ages
