@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ EXAMPLE = """examples:
   flowlet-augment --real cohort.tsv --checkpoint rfm-91-base/flowlet_rfm_91_base.pth --out synth \\
       --target-hist match:test/participants.tsv --bin-width 10 --dry-run
   flowlet-augment ... --shard 0/4        # one of four parallel jobs; their union equals one run
+  torchrun --standalone --nproc_per_node 8 -m pipelines.augment ... --batch-size 8   # one shard per GPU
 """
 
 
@@ -80,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shard",
-        default="0/1",
         help="I/N: generate only the batches with batch index %% N == I (batches of --batch-size samples in "
         "sample order: the union of shards equals one unsharded run with the same --batch-size and --threads); "
-        "run shards 0..N-1 into one --out",
+        "run shards 0..N-1 into one --out. Default: RANK/WORLD_SIZE under torchrun (one process per GPU, "
+        "each on cuda:LOCAL_RANK), else 0/1",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -194,6 +196,8 @@ def augment(real_ages, options: AugmentOptions):
     save_size = tuple(options.save_size or bundle.save_size or bundle.model_input_size)
     affine = resolve_affine(options.affine, save_size, bundle.affine)
     device = resolve_device(options.device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one process per GPU of the node
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     sampling = SamplingConfig(
         solver=options.solver,
         num_steps=options.steps,
@@ -242,6 +246,13 @@ def augment(real_ages, options: AugmentOptions):
     return plan, result
 
 
+def shard_from_environment(env: Mapping[str, str] = os.environ) -> str:
+    """``RANK/WORLD_SIZE`` when started by ``torchrun`` (every process takes one shard), else ``0/1``."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return f"{env['RANK']}/{env['WORLD_SIZE']}"
+    return "0/1"
+
+
 def run(args: argparse.Namespace) -> int:
     from flowlet.data.cohort import load_cohort
 
@@ -267,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         save_size=tuple(args.save_size) if args.save_size else None,
         affine=args.affine,
-        shard=args.shard,
+        shard=args.shard or shard_from_environment(),
         overwrite=args.overwrite,
         device=args.device,
         config_path=args.config_path,
