@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session for issue 21, in one call of at most ~9.5 minutes on one H100/H200. Everything goes to $OUT
+# The GPU measurements of issue 21 in one run of at most ~9.5 minutes on one H100/H200. Everything goes to $OUT
 # (at most 8 files, flat):
 #   env.txt            GPU, driver, torch, python; which imports work
 #   pytest.log         pytest -m gpu tests/gpu (CUDA vs CPU) and tests/core/test_hub.py (with the real huggingface_hub)
@@ -7,21 +7,22 @@
 #   base-profile.json  per operator, per layer category, per module type: eager ("before") and the fastest variant
 #   large.json         paper-large: batch sweep (eager / channels_last_3d)
 #   compile.json       paper-base: torch.compile per mode at batch 8 (graphs, breaks, recompiles, error vs eager)
-#   session.log        all output, and the exit status of every phase
+#   run.log            all output, and the exit status of every phase
 #
-# The image there has torch, pytest and huggingface_hub but not nibabel. Before the call, once, in the repo root:
+# The GPU image used so far has torch, pytest and huggingface_hub but not nibabel and no network: download the wheel
+# once on a machine with network, in the repo root (git-ignored), and take the .whl folder along with the checkout:
 #   echo /.whl/ >> "$(git rev-parse --git-common-dir)/info/exclude"
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl nibabel==5.4.2
-# and call the device with carry=[".whl"] and command "bash benchmarks/gpu_session.sh" (timeout_s 590).
+# then run "bash benchmarks/gpu_session.sh" there (allow 590 s); wheels in .whl are installed to /tmp/site first.
 #
 # A CPU dry run of the same steps at the tiny size (minutes; the compile phase is the slow one on a CPU):
 #   GPU_SESSION_TINY=1 SKIP_COMPILE=1 OUT=/tmp/gs bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-$PWD/gpu-session-out}"
+OUT="${OUT:-$PWD/gpu-run-out}"
 PY="${PYTHON:-python3}"
 mkdir -p "${OUT}"
-LOG="${OUT}/session.log"
+LOG="${OUT}/run.log"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
     "${PY}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
