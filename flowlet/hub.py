@@ -183,6 +183,12 @@ def _explain(errors: ModuleType, err: Exception, request: _Request, name: str) -
             f"{_cache_location(request.cache_dir)}; connect once (unset HF_HUB_OFFLINE) to download it, "
             f"pass --cache-dir where it was cached, or {manual}"
         )
+    gated = getattr(errors, "GatedRepoError", None)
+    if gated is not None and isinstance(err, gated):
+        return HubError(
+            f"{request.label}: {request.repo_id} is gated: accept its conditions on the hub and log in "
+            "(huggingface-cli login, or HF_TOKEN)"
+        )
     if isinstance(err, errors.RevisionNotFoundError):
         return HubError(f"{request.label}: revision {request.revision!r} does not exist in {request.repo_id}")
     if isinstance(err, errors.EntryNotFoundError | errors.RepositoryNotFoundError):

@@ -58,6 +58,10 @@ class RepositoryNotFoundError(HfHubHTTPError):
     pass
 
 
+class GatedRepoError(RepositoryNotFoundError):
+    pass
+
+
 class RevisionNotFoundError(HfHubHTTPError):
     pass
 
@@ -146,6 +150,7 @@ def install_hub(monkeypatch):
             EntryNotFoundError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
+            GatedRepoError,
             RevisionNotFoundError,
         ):
             setattr(errors, cls.__name__, cls)
@@ -275,6 +280,17 @@ def test_hf_url_to_a_missing_repository(install_hub, tmp_path):
     install_hub(remote={})
     with pytest.raises(HubError, match=r"not published at revision 'main': no such repository"):
         resolve_reference("hf://nobody/nothing/model.pth", cache_dir=tmp_path)
+
+
+def test_gated_repository_says_how_to_get_access(install_hub, tmp_path, monkeypatch):
+    install_hub(remote={})
+
+    def gated(*args, **kwargs):
+        raise GatedRepoError("401")
+
+    monkeypatch.setattr(sys.modules["huggingface_hub"], "hf_hub_download", gated)
+    with pytest.raises(HubError, match=r"rfm-91-base: danesed/FlowLet is gated: accept its conditions"):
+        resolve_reference(VARIANT, cache_dir=tmp_path)
 
 
 def test_missing_huggingface_hub_names_the_extra(monkeypatch, tmp_path):

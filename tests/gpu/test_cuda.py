@@ -91,7 +91,9 @@ def test_the_memory_probe_choice_fits():
     out = generate_wavelets(bundle, ages, sample_seeds(0, batch), config, False)
     peak = torch.cuda.max_memory_allocated() - before
     assert out.shape[0] == batch and torch.isfinite(out).all()
-    # the solver keeps a few latent-sized states besides the network's activations: allow 10 %
-    assert peak <= 1.1 * budget, (
-        f"batch {batch}: peak {peak / 2**30:.2f} GiB > budget {budget / 2**30:.2f} GiB"
-    )
+    # The probe measures one network call (its input and output included); the midpoint solver also keeps the
+    # state and the first slope alive while the second is computed: 2 more latent-sized tensors per sample, plus
+    # 5 % for allocator rounding and cuDNN workspaces that change with the batch.
+    solver_states = 2 * batch * 8 * 48**3 * 4
+    limit = 1.05 * budget + solver_states
+    assert peak <= limit, f"batch {batch}: peak {peak / 2**30:.2f} GiB > {limit / 2**30:.2f} GiB"
