@@ -37,7 +37,7 @@ if [ -n "${GPU_SESSION_TINY:-}" ]; then
 else
     SIZE=(--device cuda --models paper-base --threads 8)
     LARGE=(--device cuda --models paper-large --threads 8)
-    BASE_BUDGET=160 LARGE_BUDGET=100 COMPILE_BUDGET=120
+    BASE_BUDGET=140 LARGE_BUDGET=100 COMPILE_BUDGET=110
 fi
 
 phase() {  # phase NAME SECONDS COMMAND...: run with a hard time limit, record the exit status
@@ -74,7 +74,7 @@ phase pytest 100 bash -c "'${PY}' -m pytest -q -rA -p no:cacheprovider -m gpu te
     exit \$(( rc || \$? ))"
 tail -n 15 "${OUT}/pytest.log" >> "${LOG}"
 
-phase base $((BASE_BUDGET + 25)) "${PY}" benchmarks/fullsize.py "${SIZE[@]}" --sections sweep attention profile \
+phase base $((BASE_BUDGET + 60)) "${PY}" benchmarks/fullsize.py "${SIZE[@]}" --sections sweep attention profile \
     --max-batch 32 --budget "${BASE_BUDGET}" --out "${OUT}/base.json" --profile-out "${OUT}/base-profile.json"
 phase large $((LARGE_BUDGET + 25)) "${PY}" benchmarks/fullsize.py "${LARGE[@]}" --sections sweep \
     --sweep-variants eager channels_last --max-batch 32 --budget "${LARGE_BUDGET}" --out "${OUT}/large.json"
