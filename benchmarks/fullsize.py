@@ -16,13 +16,22 @@ Sections (``--sections``, in this order; each is skipped once ``--budget`` secon
   written when missing), at batch 1, 2, 4 with bf16 + gradient checkpointing (the recipe), and the variants without
   checkpointing and in fp32 at batch 1; steps/s, volumes/s, peak memory; FLOPs of one step counted by
   ``FlopCounterMode`` (includes the checkpointing recomputation).
-* ``compile``: ``torch.compile`` of the ``paper-base`` forward (bf16): compile time and eager vs compiled time.
+* ``sweep`` (every model in ``--models``): the default sampler at every batch up to the memory probe's choice, for
+  the variants eager / ``channels_last_3d`` / ``cudnn.benchmark`` (``_throughput.py``).
+* ``compile``: ``torch.compile`` of the default sampler per mode (``default``, ``max-autotune-no-cudagraphs``,
+  ``reduce-overhead``), static shapes and SDPA attention so that nothing recompiles; graphs, breaks, recompiles,
+  compile time, speed-up and error against eager.
+* ``attention``: every SDPA kernel on the model's attention shapes.
+* ``profile``: operator / layer-category / leaf-module-type breakdown of a network evaluation, eager and for the
+  fastest sweep variant ("before" and "after"), printed and written to ``--profile-out``.
 
-On a CPU, run it at small sizes to check that it works: ``--models tiny --sections precision sampling train``.
+On a CPU, run it at small sizes to check that it works: ``--models tiny --sections precision sampling train``, or
+``--tiny`` (the tiny model, every section, reduced steps).
 
 Usage:
     python benchmarks/fullsize.py --device cuda --out results/fullsize.json
-    python benchmarks/fullsize.py --device cpu --models tiny --cohort /tmp/ph4 --steps-scale 0.05
+    python benchmarks/fullsize.py --device cuda --sections sweep compile attention profile --out results/tp.json
+    python benchmarks/fullsize.py --device cpu --tiny --out /tmp/fullsize-tiny.json
 """
 
 from __future__ import annotations
@@ -36,6 +45,16 @@ from pathlib import Path
 
 import torch
 from _common import add_common_args, log, model_config, print_table, random_model, setup, sync, write_result
+from _throughput import (
+    COMPILE_MODES,
+    SWEEP_VARIANTS,
+    attention_shapes,
+    make_bundle,
+    run_attention,
+    run_profile,
+    run_sweep,
+)
+from _throughput import run_compile as run_compile_modes
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -309,43 +328,6 @@ def run_train(args, device, clock: Clock, model_name: str, cohort: Path, peak: f
     return rows
 
 
-# -------------------------------------------------------------------------------------------------- compile
-def run_compile(args, device, clock: Clock, model_name: str) -> list[dict]:
-    cfg = model_config(model_name)
-    size, _ = data_sizes(model_name)
-    model = random_model(cfg).to(device)
-    x, t, cond = forward_inputs(cfg, size, max(args.sample_batches), device)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-
-    def timed(fn, n=5):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            with torch.no_grad(), autocast(device, dtype):
-                fn(x, t, cond)
-        sync(device)
-        return (time.perf_counter() - t0) / n
-
-    timed(model, 2)
-    eager = timed(model)
-    compiled = torch.compile(model)
-    t0 = time.perf_counter()
-    timed(compiled, 1)
-    compile_s = time.perf_counter() - t0
-    fast = timed(compiled)
-    return [
-        {
-            "model": model_name,
-            "batch": x.shape[0],
-            "precision": "bf16" if dtype else "fp32",
-            "eager_s": eager,
-            "compiled_s": fast,
-            "speedup": eager / fast,
-            "compile_s": compile_s,
-        }
-    ]
-
-
 def ensure_cohort(path: Path, n: int, voxel_size: int, wait_s: float) -> Path:
     """Use the phantom cohort at ``path`` (waiting for a writer in another process), else write one."""
     marker = path / "dataset_description.json"
@@ -359,18 +341,21 @@ def ensure_cohort(path: Path, n: int, voxel_size: int, wait_s: float) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+SECTIONS = ["precision", "sampling", "train", "sweep", "compile", "attention", "profile"]
+TINY_DEFAULTS = {"models": ["tiny"], "steps_scale": 0.2, "max_batch": 4, "volumes": 2, "train_batches": [1, 2],
+                 "train_steps": 1, "cohort_size": 4, "voxel_size": 4, "profile_evals": 1}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_args(parser, "fullsize")
     parser.add_argument(
-        "--sections",
-        nargs="+",
-        default=["precision", "sampling", "train", "compile"],
-        choices=["precision", "sampling", "train", "compile"],
+        "--sections", nargs="+", default=["precision", "sampling", "train", "compile"], choices=SECTIONS
     )
     parser.add_argument("--models", nargs="+", default=["paper-base", "paper-large"], help="training configs")
+    parser.add_argument("--tiny", action="store_true", help="CPU proof run: the tiny model, every section")
     parser.add_argument("--sample-batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--volumes", type=int, default=4, help="volumes per bf16 sampling run (default 4)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale solver steps (CPU smoke runs)")
@@ -382,8 +367,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wait-cohort", type=float, default=0.0, help="seconds to wait for another process writing --cohort"
     )
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch the sweep / probe may pick")
+    parser.add_argument("--sweep-variants", nargs="+", default=list(SWEEP_VARIANTS), choices=SWEEP_VARIANTS)
+    parser.add_argument(
+        "--sweep-rounds", type=int, default=1, help="timed batches per sweep point (default 1)"
+    )
+    parser.add_argument("--compile-modes", nargs="+", default=list(COMPILE_MODES), choices=COMPILE_MODES)
+    parser.add_argument(
+        "--compile-batch", type=int, help="batch for the compile section (default: sweep's best)"
+    )
+    parser.add_argument(
+        "--compile-min-budget", type=float, default=90.0, help="seconds a compile mode needs to be started"
+    )
+    parser.add_argument("--profile-evals", type=int, default=3, help="network evaluations profiled")
+    parser.add_argument("--profile-out", help="profile JSON (default: <out>-profile.json)")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds; later sections are skipped")
     args = parser.parse_args(argv)
+    if args.tiny:
+        for key, value in TINY_DEFAULTS.items():
+            setattr(args, key, value)
+        if args.sections == parser.get_default("sections"):
+            args.sections = list(SECTIONS)
+    args.profile_out = args.profile_out or str(Path(args.out).with_suffix("")) + "-profile.json"
+    return args
+
+
+def throughput_bundle(name: str, device: torch.device):
+    """A random-weight bundle of config ``name`` on ``device`` with SDPA attention, and its FLOPs per evaluation."""
+    cfg = model_config(name, attention_backend="sdpa", use_checkpoint=False)
+    size, save = data_sizes(name)
+    model = random_model(cfg).to(device).eval()
+    return make_bundle(model, cfg, size, save), forward_flops(model, cfg, size, device)
+
+
+def best_sweep_row(rows: list[dict], model: str) -> dict | None:
+    mine = [r for r in rows if r["model"] == model]
+    return min(mine, key=lambda r: r["s_per_volume"]) if mine else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = setup(args)
     clock = Clock(args.budget)
     logging.getLogger("flowlet").setLevel(logging.WARNING)
@@ -427,15 +450,73 @@ def main(argv: list[str] | None = None) -> None:
             save()
         print_table(payload["train"])
 
-    def compile_() -> None:
-        if clock.left() > 150:
-            payload["compile"] = run_compile(args, device, clock, first)
-            print_table(payload["compile"])
+    def sweep() -> None:
+        payload["sweep"] = []
+        for name in args.models:
+            if clock.left() < 30:
+                log.info("sweep: budget spent before %s", name)
+                break
+            bundle, flops = throughput_bundle(name, device)
+            payload.setdefault("forward_tflop_per_volume_by_model", {})[name] = flops / 1e12
+            args.current_model = name
+            payload["sweep"] += run_sweep(args, device, clock, bundle, flops, peak)
+            del bundle
+            reset_peak(device)
+            save()
+        print_table(payload["sweep"])
 
-    section("precision", precision)
-    section("sampling", sampling)
-    section("train", train)
-    section("compile", compile_)
+    def best_batch() -> int:
+        row = best_sweep_row(payload.get("sweep", []), first)
+        return args.compile_batch or (row["batch"] if row else max(args.sample_batches))
+
+    def compile_() -> None:
+        bundle, _ = throughput_bundle(first, device)
+        args.current_model = first
+        payload["compile"] = run_compile_modes(args, device, clock, bundle, best_batch())
+        print_table(payload["compile"])
+
+    def profile_forward(bundle, batch: int):
+        x, t, cond = forward_inputs(bundle.model_config, bundle.model_input_size, batch, device)
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+
+        def forward():
+            with torch.no_grad(), autocast(device, dtype):
+                bundle.model(x, t, cond)
+
+        return forward
+
+    def attention() -> None:
+        bundle, _ = throughput_bundle(first, device)
+        shapes = attention_shapes(bundle.model, profile_forward(bundle, best_batch()))
+        payload["attention"] = run_attention(device, shapes)
+        print_table(payload["attention"])
+
+    def profile() -> None:
+        from _throughput import variant
+
+        bundle, _ = throughput_bundle(first, device)
+        batch = best_batch()
+        best = best_sweep_row(payload.get("sweep", []), first)
+        variants = list(dict.fromkeys(["eager", best["variant"] if best else "eager"]))
+        result = {"model": first, "batch": batch, "variants": {}}
+        for name in variants:
+            with variant(name, bundle.model):
+                result["variants"][name] = run_profile(
+                    device, profile_forward(bundle, batch), bundle.model, args.profile_evals
+                )
+            shares = result["variants"][name]["by_category"]
+            print_table([{"variant": name, **{k: f"{100 * v:.1f} %" for k, v in shares.items()}}])
+            print_table(
+                result["variants"][name]["by_op"][:15], ["op", "category", "calls", "self_us", "share"]
+            )
+        payload["profile"] = result
+        from flowlet.data.io import write_json_atomic
+
+        write_json_atomic(args.profile_out, result)
+
+    for name, fn in (("precision", precision), ("sampling", sampling), ("train", train), ("sweep", sweep),
+                     ("compile", compile_), ("attention", attention), ("profile", profile)):  # fmt: skip
+        section(name, fn)
     payload["elapsed_s"] = time.perf_counter() - clock.t0
     save()
 

@@ -10,7 +10,7 @@ ad-hoc flattening. The weights-only unpickler gives the same safety guarantee (n
 is read by the same code path as the official ``.pth`` files.
 
 **Official checkpoints** need their ``config.json`` and ``condition_ranges.json`` (by default next to the
-checkpoint, as in the official scripts). Both formats are detected automatically by :func:`load_bundle`. A file that
+checkpoint, as in the official scripts; without a ``config.json`` the config a slim ``.pth`` embeds is used). Both formats are detected automatically by :func:`load_bundle`. A file that
 does not fit the configured architecture raises :class:`CheckpointError` listing missing/unexpected keys, shape
 mismatches and the config fields that probably disagree with the weights.
 """
@@ -41,6 +41,7 @@ from flowlet.official import (
     condition_ranges_to_json,
     extract_state_dict,
     load_weights_only,
+    official_config_from_dict,
     official_config_to_dict,
     read_condition_ranges,
     read_official_config,
@@ -211,20 +212,32 @@ def _load_ours(path: Path, payload: dict[str, Any], *, device: Any, use_ema: boo
     )
 
 
+def _official_config(path: Path, payload: Any, config_path: Path | None) -> tuple[Any, str]:
+    """The official config: ``config_path``, else ``config.json`` next to the file, else the config a slim
+    ``.pth`` embeds (spec §6.1; e.g. a hub folder published without ``config.json``)."""
+    if config_path is None and not (path.parent / "config.json").is_file():
+        embedded = payload.get("config") if isinstance(payload, dict) else None
+        if isinstance(embedded, Mapping):
+            name = f"{path} (embedded config)"
+            log.info("%s: no config.json next to it; using the config embedded in the checkpoint", path)
+            return official_config_from_dict(dict(embedded), source=name), name
+    config_path = config_path or path.parent / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{path}: official checkpoints need the training config.json (or a slim file's embedded config); "
+            f"not found at {config_path} (pass config_path=...)"
+        )
+    return read_official_config(config_path), str(config_path)
+
+
 def _load_official(
     path: Path, payload: Any, *, config_path: Path | None, ranges_path: Path | None, device: Any
 ) -> FlowLetBundle:
     state, where = extract_state_dict(payload, source=str(path))
-    config_path = config_path or path.parent / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(
-            f"{path}: official checkpoints need the training config.json; not found at {config_path} "
-            f"(pass config_path=...)"
-        )
-    official = read_official_config(config_path)
+    official, config_name = _official_config(path, payload, config_path)
     config = official.unet
     model = _build_model(
-        config, state, source=str(path), config_name=str(config_path), official=True, device=device
+        config, state, source=str(path), config_name=config_name, official=True, device=device
     )
     ranges_path = ranges_path or path.parent / "condition_ranges.json"
     if ranges_path.is_file():
@@ -240,7 +253,7 @@ def _load_official(
     provenance = {
         "source_format": "official",
         "state_dict_key": where,
-        "config_file": str(config_path),
+        "config_file": config_name,
         "condition_ranges_file": str(ranges_path),
         "official_config": official.raw,
         "ignored_config_fields": list(official.ignored_fields),

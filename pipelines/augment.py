@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ EXAMPLE = """examples:
   flowlet-augment --real cohort.tsv --checkpoint rfm-91-base/flowlet_rfm_91_base.pth --out synth \\
       --target-hist match:test/participants.tsv --bin-width 10 --dry-run
   flowlet-augment ... --shard 0/4        # one of four parallel jobs; their union equals one run
+  torchrun --standalone --nproc_per_node 8 -m pipelines.augment ... --batch-size 8   # one shard per GPU
 """
 
 
@@ -31,8 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--real", required=True, help="real cohort: BIDS folder, CSV/TSV, official catalog")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint file, or 'demo' for the shipped 4 mm demo model"
+        "--checkpoint",
+        required=True,
+        help="checkpoint file or folder, 'demo' (the shipped 4 mm demo model), a released variant "
+        "(rfm-91-base, rfm-91-large, rfm-182-base, rfm-182-large) or hf://owner/repo/path.pth",
     )
+    p.add_argument("--revision", help="hub branch, tag or commit of a released variant / hf:// checkpoint")
+    p.add_argument("--cache-dir", help="Hugging Face cache folder (default: HF_HUB_CACHE, else HF_HOME/hub)")
     p.add_argument(
         "--config-path", help="official config.json (official checkpoints; default: next to the file)"
     )
@@ -75,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shard",
-        default="0/1",
         help="I/N: generate only the batches with batch index %% N == I (batches of --batch-size samples in "
         "sample order: the union of shards equals one unsharded run with the same --batch-size and --threads); "
-        "run shards 0..N-1 into one --out",
+        "run shards 0..N-1 into one --out. Default: RANK/WORLD_SIZE under torchrun (one process per GPU, "
+        "each on cuda:LOCAL_RANK), else 0/1",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -130,6 +137,8 @@ class AugmentOptions:
     device: str = "auto"
     config_path: str | None = None
     condition_ranges_path: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
     progress: bool = True
     overwrite: bool = False
 
@@ -167,11 +176,14 @@ def augment(real_ages, options: AugmentOptions):
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)
-    from flowlet.assets import resolve_checkpoint
+    from flowlet.hub import resolve_reference
 
-    ckpt = resolve_checkpoint(options.checkpoint)
+    ref = resolve_reference(options.checkpoint, revision=options.revision, cache_dir=options.cache_dir)
+    ckpt = ref.checkpoint
     bundle = load_bundle(
-        ckpt, config_path=options.config_path, condition_ranges_path=options.condition_ranges_path
+        ckpt,
+        config_path=options.config_path or ref.config_path,
+        condition_ranges_path=options.condition_ranges_path or ref.condition_ranges_path,
     )
     rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xA6E]))
     ages = draw_ages(
@@ -184,6 +196,8 @@ def augment(real_ages, options: AugmentOptions):
     save_size = tuple(options.save_size or bundle.save_size or bundle.model_input_size)
     affine = resolve_affine(options.affine, save_size, bundle.affine)
     device = resolve_device(options.device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one process per GPU of the node
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     sampling = SamplingConfig(
         solver=options.solver,
         num_steps=options.steps,
@@ -232,6 +246,13 @@ def augment(real_ages, options: AugmentOptions):
     return plan, result
 
 
+def shard_from_environment(env: Mapping[str, str] = os.environ) -> str:
+    """``RANK/WORLD_SIZE`` when started by ``torchrun`` (every process takes one shard), else ``0/1``."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return f"{env['RANK']}/{env['WORLD_SIZE']}"
+    return "0/1"
+
+
 def run(args: argparse.Namespace) -> int:
     from flowlet.data.cohort import load_cohort
 
@@ -257,11 +278,13 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         save_size=tuple(args.save_size) if args.save_size else None,
         affine=args.affine,
-        shard=args.shard,
+        shard=args.shard or shard_from_environment(),
         overwrite=args.overwrite,
         device=args.device,
         config_path=args.config_path,
         condition_ranges_path=args.condition_ranges_path,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
         progress=not args.no_progress,
     )
     ages = load_cohort(args.real).ages

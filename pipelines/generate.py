@@ -30,6 +30,7 @@ logger = logging.getLogger("flowlet.generate")
 EXAMPLE = """example:
   flowlet-generate --checkpoint_path runs/base/fmw_best_slim.pth --output_dir synth \\
       --generation_conditions "Age=45" "Age=75" --num_synthetic 10 --seed 1234 --batch_size 4
+  flowlet-generate --checkpoint_path rfm-91-base --output_dir synth --generation_conditions "Age=70"
   flowlet-generate --checkpoint_path model.pth --output_dir lin --ages-linspace 20 80 100 \\
       --ablation baseline film_only --solver heun --num_flow_steps 25
 """
@@ -43,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--checkpoint_path", required=True, help="toolkit checkpoint, official slim .pth, or 'demo'"
+        "--checkpoint_path",
+        required=True,
+        help="toolkit checkpoint, official slim .pth (or its folder), 'demo', a released variant "
+        "(rfm-91-base, rfm-91-large, rfm-182-base, rfm-182-large) or hf://owner/repo/path.pth",
+    )
+    p.add_argument("--revision", help="hub branch, tag or commit of a released variant / hf:// checkpoint")
+    p.add_argument(
+        "--cache-dir",
+        "--cache_dir",
+        help="Hugging Face cache folder (default: HF_HUB_CACHE, else HF_HOME/hub)",
     )
     p.add_argument("--config_path", help="official config.json (default: next to the checkpoint)")
     p.add_argument(
@@ -248,13 +258,15 @@ def run(args: argparse.Namespace) -> Path:
         import torch
 
         torch.set_num_threads(args.threads)
-    from flowlet.assets import resolve_checkpoint
+    from flowlet.hub import resolve_reference
 
+    ref = resolve_reference(args.checkpoint_path, revision=args.revision, cache_dir=args.cache_dir)
     bundle = load_bundle(
-        resolve_checkpoint(args.checkpoint_path),
-        config_path=args.config_path,
-        condition_ranges_path=args.condition_ranges_path,
+        ref.checkpoint,
+        config_path=args.config_path or ref.config_path,
+        condition_ranges_path=args.condition_ranges_path or ref.condition_ranges_path,
     )
+    bundle.provenance |= ref.provenance
     base_config = resolve_sampling(args, bundle)
     save_size = tuple(args.save_size or bundle.save_size or (91, 109, 91))
     affine = resolve_affine(args.affine, save_size, bundle.affine)
