@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    bounded_int,
+    setup_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output CSV (subject_id, session_id, age, pred, pred_corrected, split)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=bounded_int(1, 4096),
+        default=16,
+        help="images per forward pass (default %(default)s)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     return p
 
