@@ -46,12 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from bap import metrics
-    from bap.checkpoint import load_checkpoint
+    from bap.checkpoint import build_from_checkpoint, load_checkpoint
     from bap.predict import predict_cohort
     from flowlet.data.cohort import load_cohort
     from flowlet.data.io import write_table_atomic
 
     payload = load_checkpoint(args.checkpoint)
+    build_from_checkpoint(
+        payload, source=args.checkpoint
+    )  # missing keys or wrong shapes: refused before any work
     table = load_cohort(args.cohort).table
     out = predict_cohort(payload, table, batch_size=args.batch_size, device=args.device)
     write_table_atomic(args.out, out)

@@ -38,7 +38,7 @@ from flowlet.data.cohort_sources import (
 )
 from flowlet.data.grid import mni_grid
 from flowlet.data.io import write_table_atomic
-from flowlet.data.nifti import NiftiError, Volume, load_volume, validate_affine
+from flowlet.data.nifti import NiftiError, Volume, check_voxel_array, load_volume, validate_affine
 
 __all__ = [
     "MAX_AGE_YEARS",
@@ -102,16 +102,22 @@ def _read_any(path: Path, affine: np.ndarray | None) -> Volume:
     if not path.is_file():
         raise NiftiError(f"{path}: file not found")
     try:
-        data = np.load(path, allow_pickle=False)
+        # memory-mapped: the shape and dtype are checked against the budget before any voxel is read
+        data = np.load(path, allow_pickle=False, mmap_mode="r")
+        check_voxel_array(data.shape, data.dtype, path)
+        while data.ndim > 3 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 3:
+            raise NiftiError(
+                f"{path}: expected a 3D array (optionally with leading axes of length 1), got {data.shape}"
+            )
+        data = np.array(data, dtype=np.float32)
+    except PermissionError as exc:
+        raise NiftiError(f"{path}: cannot read the array: permission denied ({exc.strerror})") from exc
+    except NiftiError:
+        raise
     except (OSError, ValueError, EOFError) as exc:
         raise NiftiError(f"{path}: cannot read the array ({type(exc).__name__}: {exc})") from exc
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 3:
-        raise NiftiError(
-            f"{path}: expected a 3D array (optionally with leading axes of length 1), got {data.shape}"
-        )
-    data = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise NiftiError(f"{path}: array has NaN or Inf values; expected finite intensities")
     if affine is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -230,6 +231,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             _fail(source, key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats
+            _fail(source, key, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
