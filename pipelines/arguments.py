@@ -71,8 +71,10 @@ def resolve_device(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ numeric flag types
 def _interval(low: float | None, high: float | None, low_open: bool) -> str:
-    left = "(" if low_open else "["
-    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+    def text(value: float | None, infinite: str) -> str:
+        return infinite if value is None else str(value) if isinstance(value, int) else f"{value:g}"
+
+    return f"{'(' if low_open else '['}{text(low, '-inf')}, {text(high, 'inf')}]"
 
 
 def finite_float(

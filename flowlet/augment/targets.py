@@ -56,7 +56,7 @@ def read_ages(path: str | Path) -> np.ndarray:
     if bad_mask.any():
         bad = frame.index[bad_mask].tolist()[:5]
         raise PlanError(
-            f"{path}: column '{column}' must hold ages in [0, {MAX_AGE_YEARS:g}] years; bad rows {bad}"
+            f"{path}: column '{column}' must hold non-negative numbers (ages in [0, {MAX_AGE_YEARS:g}] years); bad rows {bad}"
         )
     return ages.to_numpy(dtype=np.float64)
 
@@ -97,7 +97,9 @@ def _read_target_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise PlanError(f"{path}: target file not found")
     try:
-        frame = pd.read_csv(path, sep=None, engine="python")
+        # the suffix decides the separator: sniffing splits a one-column file on a letter
+        sep = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
+        frame = pd.read_csv(path, sep=sep, engine="python")
     except (ValueError, OSError, csv.Error) as exc:  # empty file, binary bytes, ragged rows, unreadable
         raise PlanError(
             f"{path}: cannot read the target table ({type(exc).__name__}: {exc}); expected a CSV/TSV with a "

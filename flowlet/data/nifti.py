@@ -104,6 +104,8 @@ def load_volume(
     if not path.is_file():
         raise NiftiError(f"{path}: file not found")
     try:
+        with open(path, "rb"):  # nibabel would turn a refused open into "Could not read file"
+            pass
         img = nib.load(str(path))
         check_header(img, path)
         data = np.asarray(img.dataobj, dtype=dtype)
@@ -190,7 +192,7 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
     check_voxel_array(img.shape, dtype, path)
     if path.name.endswith(".gz"):
         return  # compressed: the size on disk says nothing; a short stream fails when read (EOFError)
-    offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))  # the proxy knows the real offset
     needed = offset + math.prod(int(s) for s in img.shape) * dtype.itemsize
     size = path.stat().st_size
     if size < needed:
