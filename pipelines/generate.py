@@ -229,8 +229,10 @@ def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int
     jobs = []
     if args.ages_linspace is not None:
         lo, hi, n = args.ages_linspace
-        if n != int(n) or n < 1 or not lo < hi:
-            raise ValueError(f"--ages-linspace: need MIN < MAX and a positive integer N, got {lo} {hi} {n}")
+        if n != int(n) or not 1 <= n <= MAX_SAMPLES or not lo < hi:
+            raise ValueError(
+                f"--ages-linspace: need MIN < MAX and an integer N in [1, {MAX_SAMPLES}], got {lo:g} {hi:g} {n:g}"
+            )
         n = int(n)
         if "Age" not in bundle.condition_ranges:
             raise ValueError(

@@ -126,6 +126,8 @@ BAD_NUMBERS = {
     "generate-threads-zero": (_generate, ["--threads", "0"], ("--threads", "[1, 1024]")),
     "generate-linspace-nan": (lambda e: (generate.main, ["--checkpoint_path", "demo", "--output_dir", "{out}", *e]),
                               ["--ages-linspace", "20", "nan", "3"], ("--ages-linspace", "finite number")),
+    "generate-linspace-huge": (lambda e: (generate.main, ["--checkpoint_path", "demo", "--output_dir", "{out}", *e]),
+                               ["--ages-linspace", "20", "80", "1e9"], ("--ages-linspace", "[1, 1000000]")),
     "augment-ratio-huge": (_augment, ["--synthetic-ratio", "1e9"], ("--synthetic-ratio", "1000]")),
     "augment-ratio-inf": (_augment, ["--synthetic-ratio", "inf"], ("--synthetic-ratio", "finite number")),
     "augment-ratio-nan": (_augment, ["--synthetic-ratio", "nan"], ("--synthetic-ratio", "finite number")),
