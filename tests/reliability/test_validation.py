@@ -141,6 +141,8 @@ BAD_NUMBERS = {
     "bap-train-epochs-zero": (_bap_train, ["--epochs", "0"], ("--epochs", "[1, 100000]")),
     "bap-train-seeds-zero": (_bap_train, ["--seeds", "0"], ("--seeds", "[1, 1000]")),
     "bap-train-lr-nan": (_bap_train, ["--set", "train.lr=.nan"], ("train.lr", "finite number")),
+    "bap-train-lr-negative": (_bap_train, ["--set", "train.lr=-1"], ("train.lr = -1", "(0, 10]")),
+    "bap-train-n-boot-zero": (_bap_train, ["--set", "eval.n_boot=0"], ("eval.n_boot = 0", "[1, 1e+06]")),
     "bap-predict-batch-zero": (lambda e: (bap_predict.main, ["--checkpoint", "x.pt", "--cohort", "{real}",
                                                              "--out", "{out}/p.csv", *e]),
                                ["--batch-size", "0"], ("--batch-size", "[1, 4096]")),
@@ -546,3 +548,23 @@ def test_bap_predict_output_is_spreadsheet_safe(cli, tmp_path, bap_checkpoint):
     ids = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
     assert ids[:2] == ["'=1+2", "'@cmd"]
     assert not any(i.startswith(("=", "+", "-", "@")) for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("quality:\n  alpha: 0\n", "quality.alpha = 0; expected a number in (0, 1]"),
+        ("voxel_size: .inf\n", "voxel_size: expected a finite number"),
+        ("segmentation:\n  n_iter: 0\n", "segmentation.n_iter = 0; expected a number in [1, 1000]"),
+    ],
+)
+def test_eval_config_numbers_are_checked(text, words, cli, tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(text)
+    real = write_bids(tmp_path / "real")
+    out = tmp_path / "out"
+    result = cli(evaluate.main, ["regions", "--cohort", real, "--out", out, "--config", config, "--registration",
+                                 "none", "--no-progress"])  # fmt: skip
+    assert result.code == 2, result.text
+    assert "eval.yaml" in result.text and words in result.text, result.text
+    assert [f for f in leftovers(out) if not f.endswith(".log")] == []
