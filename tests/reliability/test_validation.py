@@ -530,11 +530,12 @@ def test_plain_numbers_are_not_escaped(tmp_path):
     assert path.read_text().splitlines() == ["id,v", "-3.5,-1", "+2,2", "x,3"]
     from flowlet.data.io import spreadsheet_safe_text, undo_spreadsheet_safe_text
 
-    for text in ("\tx", "\rx", "=x", "'=x"):
-        assert spreadsheet_safe_text(text)[0] in "'\t\r" and undo_spreadsheet_safe_text(
-            spreadsheet_safe_text(text)
-        )
-    assert spreadsheet_safe_text("\tx") == "'\tx" and undo_spreadsheet_safe_text("'\tx") == "\tx"
+    for text in ("\tx", "\rx", "=x", "+x", "-x", "@x"):
+        assert spreadsheet_safe_text(text) == "'" + text
+        assert undo_spreadsheet_safe_text(spreadsheet_safe_text(text)) == text
+    assert (
+        undo_spreadsheet_safe_text("'quoted") == "'quoted"
+    )  # only a ' before a formula character is removed
 
 
 def test_bap_predict_output_is_spreadsheet_safe(cli, tmp_path, bap_checkpoint):
