@@ -98,7 +98,9 @@ def load_volume(
         The :class:`Volume` with its affine. A 4D image whose 4th axis has length 1 is squeezed to 3D.
 
     Raises:
-        NiftiError: missing, unreadable or truncated file; not 3D; non-finite voxels; unusable affine.
+        NiftiError: missing, unreadable or truncated file; not 3D; non-finite voxels; unusable affine; and,
+            before any voxel is read (:func:`check_header`), more voxels than :func:`max_voxels`, a dtype that is
+            not intensities (complex, RGB), or an uncompressed file shorter than its header says.
     """
     path = Path(path)
     if not path.is_file():
@@ -190,8 +192,8 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
     header = img.header
     dtype = header.get_data_dtype()
     check_voxel_array(img.shape, dtype, path)
-    if path.name.endswith(".gz"):
-        return  # compressed: the size on disk says nothing; a short stream fails when read (EOFError)
+    if not path.name.endswith(".nii"):
+        return  # compressed: the size on disk says nothing (a short stream fails when read); pairs: data elsewhere
     offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))  # the proxy knows the real offset
     needed = offset + math.prod(int(s) for s in img.shape) * dtype.itemsize
     size = path.stat().st_size

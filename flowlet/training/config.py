@@ -280,6 +280,10 @@ def _check_semantics(cfg: TrainConfig) -> None:
             f"data.condition_columns {list(d.condition_columns)} must pair one-to-one with "
             f"model.condition_names {list(m.condition_names)}"
         )
+    if any(s < 1 for s in (*d.image_size, *d.save_size)):
+        raise ValueError(
+            f"data.image_size {list(d.image_size)} and data.save_size {list(d.save_size)} must be positive"
+        )
     if any(s % 2 for s in d.image_size) or any(s // 2 % m.grid_divisor for s in d.image_size):
         raise ValueError(
             f"data.image_size {list(d.image_size)} must be even and its half divisible by {m.grid_divisor} "
