@@ -284,7 +284,7 @@ def _refuse_duplicate_images(table: pd.DataFrame, source: Path, *, hash_contents
         CohortError: naming both ids and the file.
     """
     resolved = table[keys.PATH].map(os.path.realpath)
-    same_file: dict[str, list[int]] = {}
+    same_file: dict[tuple, list[int]] = {}
     for index, path in resolved.items():
         same_file.setdefault(_file_identity(path), []).append(index)
     for rows in same_file.values():
