@@ -89,7 +89,9 @@ class EvalConfig:
             if any(b >= c for b, c in itertools.pairwise(bins)):
                 raise ValueError(f"{source}: age_bins must increase strictly; got {list(bins)}")
             kwargs["age_bins"] = bins
-        return cls(**kwargs)
+        config = cls(**kwargs)
+        _check_ranges(config, source)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples), ready for ``yaml.safe_dump``."""
@@ -104,6 +106,39 @@ class EvalConfig:
             return value
 
         return plain(self)
+
+
+#: Accepted range of each numeric setting: (low, high, low excluded).
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "voxel_size": (0.5, 8, False),
+    "atlas.threshold": (0, 100, False),
+    "segmentation.prior_weight": (0, 100, False),
+    "segmentation.n_iter": (1, 1000, False),
+    "segmentation.prior_floor": (0, 1, False),
+    "segmentation.margin_mm": (0, 100, False),
+    "quality.alpha": (0, 1, True),
+    "quality.histogram_bins": (2, 100_000, False),
+    "quality.diversity_pairs": (1, 1_000_000, False),
+    "privacy.quantile": (0, 1, True),
+    "seed": (0, 2**32 - 1, False),
+}
+
+
+def _check_ranges(config: EvalConfig, source: str) -> None:
+    """Refuse a number outside its range (and non-finite ages or age gaps), naming the key and the limits."""
+    for key, (low, high, low_open) in _RANGES.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise ValueError(
+                f"{source}: {key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+            )
+    if not all(0 <= b <= 120 for b in config.age_bins):
+        raise ValueError(f"{source}: age_bins = {list(config.age_bins)}; expected ages in [0, 120] years")
+    gap = config.quality.max_age_gap
+    if gap is not None and not (isinstance(gap, int | float) and 0 <= gap <= 120):
+        raise ValueError(f"{source}: quality.max_age_gap = {gap!r}; expected null or a number in [0, 120]")
 
 
 def _known(cls: type, raw: dict[str, Any], source: str) -> dict[str, Any]:

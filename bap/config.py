@@ -166,11 +166,46 @@ _CHOICES = {
 }
 
 
+#: Accepted range of each numeric setting: (low, high, low excluded).
+_RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
+    ("model", "sfcn_margin_years"): (0, 120, False),
+    ("data", "split_seed"): (0, 2**32 - 1, False),
+    ("data", "age_bin_width"): (0, 120, True),
+    ("data", "synthetic_ratio"): (0, 1000, False),
+    ("data", "synthetic_bin_width"): (0, 120, True),
+    ("data", "low_percentile"): (0, 100, False),
+    ("data", "high_percentile"): (0, 100, False),
+    ("data", "shift_voxels"): (0, 64, False),
+    ("train", "lr"): (0, 10, True),
+    ("train", "weight_decay"): (0, 10, False),
+    ("train", "momentum"): (0, 1, False),
+    ("train", "eta_min"): (0, 10, False),
+    ("train", "t_0"): (1, 100_000, False),
+    ("train", "t_mult"): (1, 100, False),
+    ("train", "epochs"): (1, 100_000, False),
+    ("train", "patience"): (0, 100_000, False),
+    ("train", "batch_size"): (1, 4096, False),
+    ("train", "eval_batch_size"): (1, 4096, False),
+    ("train", "seed"): (0, 2**32 - 1, False),
+    ("train", "num_threads"): (0, 1024, False),
+    ("train", "save_every"): (0, 100_000, False),
+    ("eval", "bin_width"): (0, 120, True),
+    ("eval", "n_boot"): (1, 1_000_000, False),
+    ("eval", "seed"): (0, 2**32 - 1, False),
+}
+
+
 def _validate(cfg: BapConfig) -> None:
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ValueError(f"config {section}.{key} = {value!r}; expected one of {list(allowed)}")
+    for (section, key), (low, high, low_open) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise ValueError(
+                f"config {section}.{key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+            )
     fractions = cfg.data.split_fractions
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(

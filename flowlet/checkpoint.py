@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,13 @@ def _check_ranges(ranges: Mapping[str, tuple[float, float]], config: UNetConfig,
     missing = [n for n in config.condition_names if n not in ranges]
     if missing:
         raise CheckpointError(f"{source}: no condition range for {missing} (the model conditions on them)")
+    for name, (lo, hi) in ranges.items():
+        # an inverted range maps every value to the same clipped condition: every age would give one brain
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise CheckpointError(
+                f"{source}: field 'condition_ranges': condition '{name}' must have finite min <= max, "
+                f"got min={lo:g}, max={hi:g}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -10,7 +10,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg, resolve_device, setup_cli
+from pipelines.arguments import (
+    MAX_GUIDANCE,
+    MAX_RATIO,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    batch_size_arg,
+    bounded_int,
+    finite_float,
+    resolve_device,
+    seed_int,
+    setup_cli,
+    thread_count,
+    volume_axis,
+)
 
 logger = logging.getLogger("flowlet.augment")
 
@@ -50,24 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-hist", default="uniform", help="uniform | match:FILE | gaussian:MEAN,SD | FILE.tsv"
     )
-    p.add_argument("--bin-width", type=float, default=5.0, help="age bin width in years (default 5)")
     p.add_argument(
-        "--bins", type=float, nargs="+", help="explicit bin edges in years (overrides --bin-width)"
+        "--bin-width", type=finite_float(0.1, 120), default=5.0, help="age bin width in years (default 5)"
     )
-    p.add_argument("--synthetic-ratio", type=float, help="total synthetic = R x real")
-    p.add_argument("--max-synthetic", type=int, help="upper bound on the number of synthetic brains")
     p.add_argument(
-        "--min-per-bin", type=int, default=0, help="every bin holds at least this many brains in total"
+        "--bins",
+        type=finite_float(0, 120),
+        nargs="+",
+        help="explicit bin edges in years (overrides --bin-width)",
+    )
+    p.add_argument("--synthetic-ratio", type=finite_float(None, MAX_RATIO), help="total synthetic = R x real")
+    p.add_argument(
+        "--max-synthetic",
+        type=bounded_int(None, MAX_SAMPLES),
+        help="upper bound on the number of synthetic brains",
+    )
+    p.add_argument(
+        "--min-per-bin",
+        type=bounded_int(None, MAX_SAMPLES),
+        default=0,
+        help="every bin holds at least this many brains in total",
     )
     p.add_argument("--allow-extrapolation", action="store_true", help="allow ages outside the training range")
     p.add_argument(
-        "--seed", type=int, default=0, help="base seed; sample i uses a seed derived from (seed, i)"
+        "--seed", type=seed_int, default=0, help="base seed; sample i uses a seed derived from (seed, i)"
     )
     p.add_argument("--solver", default="midpoint", help="euler | heun | midpoint | rk4 (default midpoint)")
-    p.add_argument("--steps", type=int, default=10, help="solver steps (default 10 = 20 network calls)")
+    p.add_argument(
+        "--steps",
+        type=bounded_int(1, MAX_STEPS),
+        default=10,
+        help="solver steps (default 10 = 20 network calls)",
+    )
     p.add_argument("--time-grid", help="uniform | shifted | cosine (default: uniform for euler, else cosine)")
     p.add_argument(
-        "--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
+        "--guidance-scale",
+        type=finite_float(0, MAX_GUIDANCE),
+        default=1.0,
+        help="classifier-free guidance scale (1 = none)",
     )
     p.add_argument(
         "--batch-size",
@@ -76,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="brains per network call (default 8; memory grows linearly), or auto: the largest batch that fits "
         "80%% of the free GPU memory. Shards must use the same batch size, so give a number with --shard",
     )
-    p.add_argument("--save-size", type=int, nargs=3, help="exported shape (default: the checkpoint's)")
+    p.add_argument(
+        "--save-size", type=volume_axis, nargs=3, help="exported shape (default: the checkpoint's)"
+    )
     p.add_argument(
         "--affine", default="mni", choices=("mni", "identity"), help="affine of the written volumes"
     )
@@ -88,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each on cuda:LOCAL_RANK), else 0/1",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    bounded_int,
+    setup_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output CSV (subject_id, session_id, age, pred, pred_corrected, split)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=bounded_int(1, 4096),
+        default=16,
+        help="images per forward pass (default %(default)s)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from bap import metrics
-    from bap.checkpoint import load_checkpoint
+    from bap.checkpoint import build_from_checkpoint, load_checkpoint
     from bap.predict import predict_cohort
     from flowlet.data.cohort import load_cohort
     from flowlet.data.io import write_table_atomic
 
     payload = load_checkpoint(args.checkpoint)
+    build_from_checkpoint(
+        payload, source=args.checkpoint
+    )  # missing keys or wrong shapes: refused before any work
     table = load_cohort(args.cohort).table
     out = predict_cohort(payload, table, batch_size=args.batch_size, device=args.device)
     write_table_atomic(args.out, out)

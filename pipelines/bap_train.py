@@ -15,7 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    MAX_RATIO,
+    bounded_int,
+    finite_float,
+    seed_int,
+    setup_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="packaged config name (default, demo, paper) or a YAML file (default: %(default)s)",
     )
     p.add_argument("--model", help="override model.name (densenet121, resnet, sfcn, small)")
-    p.add_argument("--synthetic-ratio", type=float, help="synthetic ÷ real training scans (0 = real only)")
-    p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument(
+        "--synthetic-ratio",
+        type=finite_float(0, MAX_RATIO),
+        help="synthetic ÷ real training scans (0 = real only)",
+    )
+    p.add_argument("--epochs", type=bounded_int(1, 100_000), help="override train.epochs")
+    p.add_argument("--seed", type=seed_int, help="override train.seed")
     p.add_argument("--split-column", help="use this cohort column (train/val/test) as the split")
     p.add_argument(
         "--set",
@@ -58,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config field; VALUE is parsed as YAML (repeatable)",
     )
     p.add_argument("--compare", help="comma-separated synthetic ratios to compare, e.g. 0,0.5,1.0")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds per ratio with --compare (default 1)")
+    p.add_argument(
+        "--seeds",
+        type=bounded_int(1, 1000),
+        default=1,
+        help="training seeds per ratio with --compare (default 1)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (single run only)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p

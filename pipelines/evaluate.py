@@ -21,7 +21,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    finite_float,
+    positive_int,
+    setup_cli,
+    thread_count,
+)
 
 logger = logging.getLogger("flowlet.eval")
 
@@ -49,18 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--atlas", help="packaged atlas name (overrides the config)")
     common.add_argument("--atlas-image", type=Path, help="custom atlas label NIfTI (with --atlas-table)")
     common.add_argument("--atlas-table", type=Path, help="TSV with columns index, name for --atlas-image")
-    common.add_argument("--voxel-size", type=float, help="working MNI grid in mm (overrides the config)")
+    common.add_argument(
+        "--voxel-size", type=finite_float(0.5, 8), help="working MNI grid in mm (overrides the config)"
+    )
     common.add_argument(
         "--registration",
         choices=("demons", "none"),
         default="demons",
         help="carry the atlas onto each image by registration (default) or use it as is",
     )
-    common.add_argument("--limit", type=int, help="use only the first N images of every cohort (quick looks)")
+    common.add_argument(
+        "--limit", type=positive_int, help="use only the first N images of every cohort (quick looks)"
+    )
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common.add_argument(
         "--jobs",
-        type=int,
+        type=thread_count,
         default=1,
         help="worker processes for the per-image work (default 1; results do not change)",
     )
@@ -181,6 +190,8 @@ def _volumetrics(config, registration: str, progress: bool):
 def _cohort(source: str, limit: int | None):
     from flowlet.data.cohort import load_cohort
 
+    if limit is not None and limit < 1:  # head(-1) would silently drop the last image
+        raise ValueError(f"--limit: expected a positive number of images, got {limit}")
     cohort = load_cohort(source)
     table = cohort.table if limit is None else cohort.table.head(limit)
     table = table.reset_index(drop=True).copy()

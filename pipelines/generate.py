@@ -19,11 +19,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.arguments import batch_size_arg, resolve_device, setup_cli
+from pipelines.arguments import (
+    MAX_GUIDANCE,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    batch_size_arg,
+    bounded_int,
+    finite_float,
+    resolve_device,
+    seed_int,
+    setup_cli,
+    thread_count,
+    volume_axis,
+)
 
 logger = logging.getLogger("flowlet.generate")
 
@@ -71,14 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--ages-linspace",
         "--ages_linspace",
         nargs=3,
-        type=float,
+        type=finite_float(),
         metavar=("MIN", "MAX", "N"),
         help="N ages evenly spaced in [MIN, MAX], one sample each (official generate_linear)",
     )
-    p.add_argument("--num_synthetic", type=int, default=10, help="samples per condition (default 10)")
+    p.add_argument(
+        "--num_synthetic",
+        type=bounded_int(None, MAX_SAMPLES),
+        default=10,
+        help="samples per condition (default 10)",
+    )
     p.add_argument(
         "--num_flow_steps",
-        type=int,
+        type=bounded_int(1, MAX_STEPS),
         help="solver steps (default: the config's value, else 100, for euler; 10 for the other solvers)",
     )
     p.add_argument(
@@ -92,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="uniform | shifted | cosine (default: uniform for euler, as the official sampler; else cosine)",
     )
     p.add_argument(
-        "--save_size", type=int, nargs=3, help="export crop (default: the checkpoint's, else 91 109 91)"
+        "--save_size",
+        type=volume_axis,
+        nargs=3,
+        help="export crop (default: the checkpoint's, else 91 109 91)",
     )
     p.add_argument("--model_input_size", type=int, nargs=3, help="ignored: read from the checkpoint config")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=seed_int, default=1234)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (cuda falls back to cpu)")
     p.add_argument(
         "--batch_size",
@@ -104,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per network call, or auto (default): the largest batch that fits 80%% of the free GPU "
         "memory (probed), 4 on a CPU",
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--ablation",
         nargs="+",
@@ -112,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="baseline film_only crossattn_only unconditional, or all",
     )
     p.add_argument(
-        "--guidance-scale", "--guidance_scale", type=float, default=1.0, help="classifier-free guidance"
+        "--guidance-scale",
+        "--guidance_scale",
+        type=finite_float(0, MAX_GUIDANCE),
+        default=1.0,
+        help="classifier-free guidance",
     )
     p.add_argument(
         "--affine",
@@ -146,6 +171,10 @@ def parse_condition_items(items: Sequence[str]) -> list[dict[str, float]]:
                 raise ValueError(
                     f"--generation_conditions: expected KEY=NUMBER, got {token!r} in {item!r}"
                 ) from None
+            if not math.isfinite(group[key]):
+                raise ValueError(
+                    f"--generation_conditions: {key} must be a finite number, got {value!r} in {item!r}"
+                )
         groups.append(group)
     return groups
 
@@ -210,8 +239,10 @@ def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int
     jobs = []
     if args.ages_linspace is not None:
         lo, hi, n = args.ages_linspace
-        if n != int(n) or n < 1 or not lo < hi:
-            raise ValueError(f"--ages-linspace: need MIN < MAX and a positive integer N, got {lo} {hi} {n}")
+        if n != int(n) or not 1 <= n <= MAX_SAMPLES or not lo < hi:
+            raise ValueError(
+                f"--ages-linspace: need MIN < MAX and an integer N in [1, {MAX_SAMPLES}], got {lo:g} {hi:g} {n:g}"
+            )
         n = int(n)
         if "Age" not in bundle.condition_ranges:
             raise ValueError(

@@ -7,7 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    bounded_int,
+    seed_int,
+    setup_cli,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--n", type=int, required=True, help="number of subjects")
+    parser.add_argument("--n", type=bounded_int(None, 100_000), required=True, help="number of subjects")
     parser.add_argument("--out", type=Path, required=True, help="output folder (BIDS layout)")
     parser.add_argument(
         "--age-hist",
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--voxel-size", type=int, choices=(2, 4), default=2, help="grid in mm (default 2)")
     parser.add_argument("--sites", type=int, default=3, help="number of acquisition sites (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="cohort seed (default 0)")
     parser.add_argument(
         "--tissue-maps",
         action="store_true",

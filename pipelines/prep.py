@@ -7,7 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    finite_float,
+    setup_cli,
+    thread_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--participants", type=Path, help="participants table to carry over (default: BIDS one)"
     )
-    parser.add_argument("--voxel-size", type=float, default=2.0, help="output grid in mm (default 2)")
+    parser.add_argument(
+        "--voxel-size", type=finite_float(0.5, 8), default=2.0, help="output grid in mm (default 2)"
+    )
     parser.add_argument(
         "--template",
         default="icbm152-t1",
         choices=("icbm152-t1", "mni152-t1-brain", "icbm152-2009c-brain"),
         help="registration template (default icbm152-t1, ICBM152 2009a)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="scans processed in parallel (default 1)")
-    parser.add_argument("--threads", type=int, default=1, help="ITK threads per job (default 1)")
+    parser.add_argument(
+        "--jobs", type=thread_count, default=1, help="scans processed in parallel (default 1)"
+    )
+    parser.add_argument("--threads", type=thread_count, default=1, help="ITK threads per job (default 1)")
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
     parser.add_argument("--no-resume", action="store_true", help="process every scan again")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

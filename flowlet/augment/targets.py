@@ -12,6 +12,8 @@ Accepted forms:
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet.augment.plan import PlanError, gaussian_proportions, histogram
+from flowlet.data.cohort_sources import MAX_AGE_YEARS
 
 __all__ = ["AGE_COLUMNS", "TargetHistogram", "parse_target", "read_ages"]
 
@@ -42,18 +45,19 @@ def read_ages(path: str | Path) -> np.ndarray:
         PlanError: naming the file and the columns it has.
     """
     path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path}: target file not found")
-    frame = pd.read_csv(path, sep=None, engine="python")
+    frame = _read_target_table(path)
     column = next((c for c in AGE_COLUMNS if c in frame.columns), None)
     if column is None:
         raise PlanError(
             f"{path}: expected an age column ({', '.join(AGE_COLUMNS)}); found {list(frame.columns)}"
         )
     ages = pd.to_numeric(frame[column], errors="coerce")
-    if ages.isna().any() or (ages < 0).any():
-        bad = frame.index[ages.isna() | (ages < 0)].tolist()[:5]
-        raise PlanError(f"{path}: column '{column}' must hold non-negative numbers; bad rows {bad}")
+    bad_mask = ~ages.between(0, MAX_AGE_YEARS)  # NaN and +-inf fail too
+    if bad_mask.any():
+        bad = frame.index[bad_mask].tolist()[:5]
+        raise PlanError(
+            f"{path}: column '{column}' must hold non-negative numbers (ages in [0, {MAX_AGE_YEARS:g}] years); bad rows {bad}"
+        )
     return ages.to_numpy(dtype=np.float64)
 
 
@@ -74,8 +78,12 @@ def parse_target(spec: str, edges: np.ndarray) -> TargetHistogram:
     if spec.startswith("gaussian:"):
         try:
             mean, sd = (float(v) for v in spec.removeprefix("gaussian:").split(","))
+            if not (math.isfinite(mean) and math.isfinite(sd)):
+                raise ValueError
         except ValueError as exc:
-            raise PlanError(f"--target-hist {spec}: expected gaussian:MEAN,SD, e.g. gaussian:55,15") from exc
+            raise PlanError(
+                f"--target-hist {spec}: expected gaussian:MEAN,SD with finite numbers, e.g. gaussian:55,15"
+            ) from exc
         return TargetHistogram(spec, gaussian_proportions(edges, mean, sd))
     if Path(spec).suffix in {".tsv", ".csv"}:
         return _explicit_bins(Path(spec))
@@ -84,23 +92,53 @@ def parse_target(spec: str, edges: np.ndarray) -> TargetHistogram:
     )
 
 
-def _explicit_bins(path: Path) -> TargetHistogram:
+def _read_target_table(path: Path) -> pd.DataFrame:
+    """A CSV/TSV target file with at least one row, or a :class:`PlanError` naming the file."""
     if not path.is_file():
         raise PlanError(f"{path}: target file not found")
-    frame = pd.read_csv(path, sep=None, engine="python")
+    try:
+        # the suffix decides the separator: sniffing splits a one-column file on a letter
+        sep = {".tsv": "\t", ".csv": ","}.get(path.suffix.lower())
+        frame = pd.read_csv(path, sep=sep, engine="python")
+    except (ValueError, OSError, csv.Error) as exc:  # empty file, binary bytes, ragged rows, unreadable
+        raise PlanError(
+            f"{path}: cannot read the target table ({type(exc).__name__}: {exc}); expected a CSV/TSV with a "
+            "header row and one row per bin or subject"
+        ) from exc
+    if frame.empty:
+        raise PlanError(f"{path}: the target table has a header but no rows; expected at least one row")
+    return frame
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values)).tolist()
+    if bad:
+        raise PlanError(
+            f"{path}: column '{column}' must hold finite numbers; rows {bad[:5]} hold {frame[column].iloc[bad[:5]].tolist()}"
+        )
+    return values
+
+
+def _explicit_bins(path: Path) -> TargetHistogram:
+    frame = _read_target_table(path)
     value = "count" if "count" in frame.columns else "proportion" if "proportion" in frame.columns else None
     if value is None or not {"bin_start", "bin_end"} <= set(frame.columns):
         raise PlanError(
             f"{path}: expected columns bin_start, bin_end and count or proportion; found {list(frame.columns)}"
         )
-    starts = frame["bin_start"].to_numpy(dtype=np.float64)
-    ends = frame["bin_end"].to_numpy(dtype=np.float64)
+    starts = _numeric_column(frame, "bin_start", path)
+    ends = _numeric_column(frame, "bin_end", path)
     if not np.allclose(starts[1:], ends[:-1]) or not np.all(ends > starts):
         raise PlanError(
             f"{path}: bins must be contiguous and increasing (bin_end of a row = bin_start of the next)"
         )
-    weights = pd.to_numeric(frame[value], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isnan(weights).any() or (weights < 0).any() or weights.sum() <= 0:
+    if starts[0] < 0 or ends[-1] > MAX_AGE_YEARS:
+        raise PlanError(
+            f"{path}: bins span {starts[0]:g}-{ends[-1]:g} years; expected ages within [0, {MAX_AGE_YEARS:g}]"
+        )
+    weights = _numeric_column(frame, value, path)
+    if (weights < 0).any() or weights.sum() <= 0:
         raise PlanError(f"{path}: column '{value}' must hold non-negative numbers with a positive total")
     edges = np.append(starts, ends[-1])
     return TargetHistogram(path.name, weights, edges=edges, counts=weights if value == "count" else None)

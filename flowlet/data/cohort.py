@@ -15,6 +15,8 @@ the row or subject, the column and what was expected.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from flowlet.data.cohort_sources import (
 )
 from flowlet.data.grid import mni_grid
 from flowlet.data.io import write_table_atomic
-from flowlet.data.nifti import NiftiError, Volume, load_volume, validate_affine
+from flowlet.data.nifti import NiftiError, Volume, check_voxel_array, load_volume, validate_affine
 
 __all__ = [
     "MAX_AGE_YEARS",
@@ -49,6 +51,8 @@ __all__ = [
     "read_image",
     "save_cohort_table",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Voxel sizes of the MNI152 grids that quasi-raw arrays come in (FSL 1/2 mm, CAT12 1.5 mm, demo 4 mm).
 _MNI_VOXEL_SIZES = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -98,16 +102,22 @@ def _read_any(path: Path, affine: np.ndarray | None) -> Volume:
     if not path.is_file():
         raise NiftiError(f"{path}: file not found")
     try:
-        data = np.load(path, allow_pickle=False)
+        # memory-mapped: the shape and dtype are checked against the budget before any voxel is read
+        data = np.load(path, allow_pickle=False, mmap_mode="r")
+        check_voxel_array(data.shape, data.dtype, path)
+        while data.ndim > 3 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 3:
+            raise NiftiError(
+                f"{path}: expected a 3D array (optionally with leading axes of length 1), got {data.shape}"
+            )
+        data = np.array(data, dtype=np.float32)
+    except PermissionError as exc:
+        raise NiftiError(f"{path}: cannot read the array: permission denied ({exc.strerror})") from exc
+    except NiftiError:
+        raise
     except (OSError, ValueError, EOFError) as exc:
         raise NiftiError(f"{path}: cannot read the array ({type(exc).__name__}: {exc})") from exc
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim != 3:
-        raise NiftiError(
-            f"{path}: expected a 3D array (optionally with leading axes of length 1), got {data.shape}"
-        )
-    data = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise NiftiError(f"{path}: array has NaN or Inf values; expected finite intensities")
     if affine is None:
@@ -214,8 +224,88 @@ def _finish(table: pd.DataFrame, extra: pd.DataFrame, source: Path, check_files:
             raise CohortError(
                 f"{source}: column '{keys.PATH}': {len(missing)} image files not found, e.g. {missing[:5]}"
             )
+    _refuse_duplicate_images(table, source, hash_contents=check_files)
     table[keys.AGE] = table[keys.AGE].astype(np.float64)
     return Cohort(table=table, source=source)
+
+
+def _scan_label(row: pd.Series) -> str:
+    session = row[keys.SESSION_ID]
+    return f"'{row[keys.SUBJECT_ID]}'" + ("" if session == keys.UNKNOWN else f" session '{session}'")
+
+
+def _content_digest(path: str, size: int, *, full: bool) -> str:
+    """SHA-256 of the whole file, or (``full=False``) of 16 blocks of 4 KiB spread over it: a cheap first pass."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if full:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            for offset in np.linspace(0, max(size - 4096, 0), 16).astype(np.int64):
+                handle.seek(int(offset))
+                digest.update(handle.read(4096))
+    return digest.hexdigest()
+
+
+def _same_content(paths: dict[int, str]) -> dict[str, list[int]]:
+    """Rows whose files hold identical bytes: equal size, then equal sampled blocks, then equal full SHA-256."""
+    candidates: dict[tuple, list[int]] = {}
+    for index, path in paths.items():
+        candidates.setdefault((os.path.getsize(path),), []).append(index)
+    for stage in ("sampled", "full"):
+        refined: dict[tuple, list[int]] = {}
+        for key, rows in candidates.items():
+            if len(rows) > 1:
+                for index in rows:
+                    digest = _content_digest(paths[index], key[0], full=stage == "full")
+                    refined.setdefault((key[0], digest), []).append(index)
+        candidates = refined
+    return {f"content sha256 {key[1]}": rows for key, rows in candidates.items()}
+
+
+def _file_identity(path: str) -> tuple:
+    """(device, inode) of an existing file, so that hard links count as one file; else the resolved path."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path,)
+    return (stat.st_dev, stat.st_ino)
+
+
+def _refuse_duplicate_images(table: pd.DataFrame, source: Path, *, hash_contents: bool) -> None:
+    """One image under several ids would count one brain as several and could put it in train and test.
+
+    Two rows naming the same file (paths resolved, symlinks followed) are refused. Distinct files with the
+    same bytes (with ``hash_contents``; only files of equal size are read) are flagged with a warning naming both
+    scans: copies are legitimate in some layouts, and the decision needs a person.
+
+    Raises:
+        CohortError: naming both ids and the file.
+    """
+    resolved = table[keys.PATH].map(os.path.realpath)
+    same_file: dict[tuple, list[int]] = {}
+    for index, path in resolved.items():
+        same_file.setdefault(_file_identity(path), []).append(index)
+    for rows in same_file.values():
+        if len(rows) > 1:
+            path = resolved[rows[0]]
+            raise CohortError(
+                f"{source}: column '{keys.PATH}': one image file is listed under {len(rows)} scans "
+                f"({_scan_label(table.loc[rows[0]])} and {_scan_label(table.loc[rows[1]])}: {path}); expected one "
+                "image per subject and session, so that no brain is counted twice or split across train and test"
+            )
+    if not hash_contents:
+        return
+    existing = {i: p for i, p in resolved.items() if os.path.isfile(p)}
+    for digest, rows in _same_content(existing).items():
+        if len(rows) > 1:
+            logger.warning(
+                "%s: %d scans hold byte-identical images (%s and %s: %s and %s, %s); check that they are "
+                "not one brain under several ids",
+                source, len(rows), _scan_label(table.loc[rows[0]]), _scan_label(table.loc[rows[1]]),
+                table.loc[rows[0], keys.PATH], table.loc[rows[1], keys.PATH], digest,
+            )  # fmt: skip
 
 
 def load_cohort(

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet.data import keys
+from flowlet.data.io import undo_spreadsheet_safe_text
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ def read_table(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise CohortError(f"{path}: cannot parse the table ({exc})") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    # tables the toolkit wrote carry "'" before text starting with = + - @ (spreadsheet safety); ids read back intact
+    return frame.apply(lambda column: column.map(undo_spreadsheet_safe_text))
 
 
 def _pick(

@@ -7,6 +7,7 @@ same kind of message: the dotted key, what was expected, and what was found.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -45,6 +46,8 @@ def convert_value(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigTypeError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats
+            raise ConfigTypeError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -91,14 +91,59 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
     return write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
 
 
+#: First characters that make a spreadsheet read a cell as a formula (or shift it into one: tab, carriage return).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe_text(value: Any) -> Any:
+    """``"=cmd()"`` -> ``"'=cmd()"``: a text cell that a spreadsheet would run as a formula gets a leading ``'``.
+
+    Plain numbers written as text (``"-3.5"``) and non-text values are returned unchanged.
+    :func:`undo_spreadsheet_safe_text` is the inverse, applied by the toolkit's table reader.
+
+    Example:
+        >>> spreadsheet_safe_text("=HYPERLINK(1)"), spreadsheet_safe_text("-2"), spreadsheet_safe_text("sub-01")
+        ("'=HYPERLINK(1)", '-2', 'sub-01')
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_PREFIXES):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def undo_spreadsheet_safe_text(value: Any) -> Any:
+    """Inverse of :func:`spreadsheet_safe_text`: ``"'=x"`` -> ``"=x"``; other text unchanged."""
+    if isinstance(value, str) and value[:1] == "'" and value[1:].startswith(FORMULA_PREFIXES):
+        return value[1:]
+    return value
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells pass through :func:`spreadsheet_safe_text` (numbers untouched)."""
+    text_columns = [
+        c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)
+    ]
+    if not text_columns:
+        return frame
+    frame = frame.copy()
+    for column in text_columns:
+        frame[column] = frame[column].map(spreadsheet_safe_text)
+    return frame
+
+
 def write_table_atomic(path: str | os.PathLike, frame: pd.DataFrame, *, sep: str | None = None) -> Path:
     """Write a DataFrame as TSV (``.tsv``) or CSV (other suffixes) atomically, without the index.
 
-    Floats are written with up to 10 significant digits so that files are reproducible byte for byte.
+    Floats are written with up to 10 significant digits so that files are reproducible byte for byte. Text
+    cells that a spreadsheet would run as formulas are neutralised (:func:`spreadsheet_safe`).
     """
     path = Path(path)
     if sep is None:
         sep = "\t" if path.suffix == ".tsv" else ","
+    frame = spreadsheet_safe(frame)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep=sep, index=False, float_format="%.10g", lineterminator="\n")
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -22,7 +23,21 @@ from flowlet.data.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NiftiError", "Volume", "load_volume", "save_volume", "validate_affine"]
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "NiftiError",
+    "Volume",
+    "check_header",
+    "check_voxel_array",
+    "load_volume",
+    "max_voxels",
+    "save_volume",
+    "validate_affine",
+]
+
+#: Default voxel budget of one image (512³ = 134 million voxels, 512 MiB as float32); ``FLOWLET_MAX_VOXELS``
+#: overrides it.
+DEFAULT_MAX_VOXELS = 512**3
 
 
 class NiftiError(ValueError):
@@ -83,14 +98,21 @@ def load_volume(
         The :class:`Volume` with its affine. A 4D image whose 4th axis has length 1 is squeezed to 3D.
 
     Raises:
-        NiftiError: missing, unreadable or truncated file; not 3D; non-finite voxels; unusable affine.
+        NiftiError: missing, unreadable or truncated file; not 3D; non-finite voxels; unusable affine; and,
+            before any voxel is read (:func:`check_header`), more voxels than :func:`max_voxels`, a dtype that is
+            not intensities (complex, RGB), or an uncompressed file shorter than its header says.
     """
     path = Path(path)
     if not path.is_file():
         raise NiftiError(f"{path}: file not found")
     try:
+        with open(path, "rb"):  # nibabel would turn a refused open into "Could not read file"
+            pass
         img = nib.load(str(path))
+        check_header(img, path)
         data = np.asarray(img.dataobj, dtype=dtype)
+    except PermissionError as exc:
+        raise NiftiError(f"{path}: cannot read the image: permission denied ({exc.strerror})") from exc
     except (
         EOFError,
         OSError,
@@ -113,6 +135,73 @@ def load_volume(
     affine = validate_affine(img.affine, source=str(path))
     _warn_if_sform_qform_disagree(img, path)
     return Volume(data=data, affine=affine, path=path)
+
+
+def max_voxels() -> int:
+    """The voxel budget of one image: ``FLOWLET_MAX_VOXELS`` (default :data:`DEFAULT_MAX_VOXELS` = 512³).
+
+    Raises:
+        ValueError: the variable is set but not a positive integer.
+    """
+    text = os.environ.get("FLOWLET_MAX_VOXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"FLOWLET_MAX_VOXELS: expected a positive integer number of voxels, got {text!r}")
+    return value
+
+
+def check_voxel_array(shape: tuple[int, ...], dtype: np.dtype, path: str | os.PathLike) -> None:
+    """Refuse, before any voxel is read, an image too large for the budget or of a type that is not intensities.
+
+    Raises:
+        NiftiError: naming the file, the shape or dtype found and what is accepted.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None or dtype.kind == "V":
+        raise NiftiError(
+            f"{path}: voxels of type {dtype} (RGB or another multi-channel type); expected one grey value per voxel"
+        )
+    if dtype.kind not in "iuf":
+        raise NiftiError(
+            f"{path}: voxels of type {dtype}; expected real intensities (integer or floating point), "
+            "not complex, boolean or text"
+        )
+    voxels = math.prod(int(s) for s in shape)
+    budget = max_voxels()
+    if voxels > budget:
+        raise NiftiError(
+            f"{path}: the header declares shape {tuple(int(s) for s in shape)} = {voxels} voxels, more than the "
+            f"budget of {budget} (FLOWLET_MAX_VOXELS); refused before reading"
+        )
+    if voxels == 0:
+        raise NiftiError(f"{path}: the header declares an empty image, shape {tuple(int(s) for s in shape)}")
+
+
+def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
+    """Check a NIfTI header against the voxel budget and (uncompressed files) the file size, allocating nothing.
+
+    Raises:
+        NiftiError: too many voxels, an empty shape, a non-intensity dtype, or an uncompressed file shorter than
+            the voxel data its header declares.
+    """
+    header = img.header
+    dtype = header.get_data_dtype()
+    check_voxel_array(img.shape, dtype, path)
+    if not path.name.endswith(".nii"):
+        return  # compressed: the size on disk says nothing (a short stream fails when read); pairs: data elsewhere
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))  # the proxy knows the real offset
+    needed = offset + math.prod(int(s) for s in img.shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise NiftiError(
+            f"{path}: the header declares {needed} bytes (shape {tuple(img.shape)}, {dtype}, offset {offset}) "
+            f"but the file has {size}; the file is truncated or its header is wrong"
+        )
 
 
 def _warn_if_sform_qform_disagree(img: nib.spatialimages.SpatialImage, path: Path) -> None:

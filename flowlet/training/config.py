@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -230,6 +231,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             _fail(source, key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats
+            _fail(source, key, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -276,6 +279,10 @@ def _check_semantics(cfg: TrainConfig) -> None:
         raise ValueError(
             f"data.condition_columns {list(d.condition_columns)} must pair one-to-one with "
             f"model.condition_names {list(m.condition_names)}"
+        )
+    if any(s < 1 for s in (*d.image_size, *d.save_size)):
+        raise ValueError(
+            f"data.image_size {list(d.image_size)} and data.save_size {list(d.save_size)} must be positive"
         )
     if any(s % 2 for s in d.image_size) or any(s // 2 % m.grid_divisor for s in d.image_size):
         raise ValueError(

@@ -9,7 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.arguments import setup_cli
+from pipelines.arguments import (
+    bounded_int,
+    setup_cli,
+)
 
 logger = logging.getLogger("flowlet.study")
 
@@ -41,7 +44,9 @@ def build_parser(prog: str = "flowlet-study", *, demo: bool = False) -> argparse
         "--from", dest="force_from", choices=STAGE_NAMES, help="rerun this stage and all later ones"
     )
     p.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument(
+        "--threads", type=bounded_int(0, 1024), default=0, help="torch CPU threads (0 = torch default)"
+    )
     return p
 
 
