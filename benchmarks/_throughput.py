@@ -4,7 +4,7 @@ All of them time the default sampler end to end (``generate_wavelets`` + ``decod
 midpoint × 10 on the cosine grid = 20 network evaluations, IDWT, crop), so the figures are seconds per exported
 volume, comparable with ``benchmarks.md`` §0.
 
-* **sweep**: the memory probe (:func:`flowlet.sampling.auto_batch_size`) picks the largest batch that fits; every
+* **sweep**: the memory probe (:func:`flowlet.batching.auto_batch_size`) picks the largest batch that fits; every
   batch in ``1, 2, 4, …`` up to it (and the probe's own choice) is timed, for each variant: ``eager`` (as
   ``flowlet-generate`` runs today), ``channels_last`` (weights in ``torch.channels_last_3d``: cuDNN's NDHWC
   kernels; the first convolution converts the activations) and ``cudnn_benchmark`` (cuDNN times its algorithms
@@ -34,14 +34,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from flowlet.batching import auto_batch_size
 from flowlet.checkpoint import FlowLetBundle
-from flowlet.sampling import (
-    SamplingConfig,
-    auto_batch_size,
-    decode_and_export,
-    generate_wavelets,
-    sample_seeds,
-)
+from flowlet.export import decode_and_export
+from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
 log = logging.getLogger("benchmarks")
 DEFAULT_SAMPLER = ("midpoint", 10, "cosine")

@@ -60,7 +60,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from configs import config_path
 from flowlet.checkpoint import FlowLetBundle
-from flowlet.sampling import SamplingConfig, decode_and_export, generate_wavelets, sample_seeds
+from flowlet.export import decode_and_export
+from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 SOLVERS = {"euler-100": ("euler", 100, "uniform"), "midpoint-10-cosine": ("midpoint", 10, "cosine")}

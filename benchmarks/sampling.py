@@ -23,7 +23,8 @@ import torch
 from _common import add_common_args, log, model_config, print_table, random_model, setup, sync, write_result
 
 from flowlet.checkpoint import FlowLetBundle, load_bundle
-from flowlet.sampling import SamplingConfig, decode_and_export, generate_wavelets, sample_seeds
+from flowlet.export import decode_and_export
+from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "flowlet" / "assets" / "demo-4mm.pt"
 

@@ -30,8 +30,9 @@ import torch
 from _common import add_common_args, log, print_table, setup, write_result
 
 from flowlet.checkpoint import FlowLetBundle, load_bundle
+from flowlet.export import decode_and_export
 from flowlet.guidance import ModelVelocity
-from flowlet.sampling import decode_and_export, initial_noise, normalize_conditions, sample_seeds
+from flowlet.sampling import initial_noise, normalize_conditions, sample_seeds
 from flowlet.solvers import SOLVERS, get_solver, get_time_grid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,54 +11,39 @@ procedure (spec §4): ``t_i = i/N``, ``x += dt v``, IDWT, clamp to [-1, 1], cent
 Example:
     >>> cfg = SamplingConfig(solver="euler", num_steps=100, batch_size=4)  # doctest: +SKIP
     >>> wavelets = generate_wavelets(bundle, ages=[45.0, 75.0], seeds=sample_seeds(1234, 2), config=cfg)
-    >>> volumes = decode_and_export(wavelets, (91, 109, 91))  # (2, 91, 109, 91) float32 in [0, 1]
+    >>> volumes = decode_and_export(wavelets, (91, 109, 91))  # flowlet.export; (2, 91, 109, 91) in [0, 1]
+
+Decoding and writing volumes live in :mod:`flowlet.export`, the memory-bounded batch size in :mod:`flowlet.batching`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from flowlet.data.grid import mni_grid
-from flowlet.data.nifti import save_volume
 from flowlet.guidance import ABLATIONS, ModelVelocity
 from flowlet.solvers import SOLVERS, TIME_GRIDS, get_solver, get_time_grid
-from flowlet.wavelets import idwt3d
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AFFINES",
-    "CPU_BATCH_SIZE",
-    "MNI_1MM_AFFINE",
-    "MNI_2MM_AFFINE",
     "GeneratedBatch",
     "SamplingConfig",
-    "auto_batch_size",
-    "batch_from_probe",
-    "crop_start",
-    "decode_and_export",
     "generate_wavelets",
     "initial_noise",
     "iter_generate",
+    "latent_shape",
+    "model_velocity",
     "normalize_conditions",
-    "resolve_affine",
     "sample_seed",
     "sample_seeds",
-    "write_volumes",
 ]
 
-# The MNI grids are defined once, in flowlet.data.grid; these names stay for callers of this module.
-MNI_2MM_AFFINE = mni_grid(2).affine.copy()
-MNI_1MM_AFFINE = mni_grid(1).affine.copy()
-AFFINES = ("mni", "identity")
 _AUTOCAST = {
     None: None,
     "bf16": torch.bfloat16,
@@ -212,7 +197,19 @@ def _model_conditions(bundle, values: Mapping[str, Sequence[float]], n: int) -> 
     return out
 
 
-def _latent_shape(bundle) -> tuple[int, ...]:
+def model_velocity(bundle, config: SamplingConfig) -> ModelVelocity:
+    """The bundle's network on ``config.device`` in eval mode, wrapped with the configured guidance and autocast."""
+    model = bundle.model.to(torch.device(config.device)).eval()
+    return ModelVelocity(
+        model,
+        ablation=config.ablation,
+        guidance_scale=config.guidance_scale,
+        autocast_dtype=_AUTOCAST[config.autocast_dtype],
+    )
+
+
+def latent_shape(bundle) -> tuple[int, ...]:
+    """The Haar-space shape ``(8, d, h, w)`` of one sample of ``bundle``'s model."""
     size = tuple(int(s) for s in bundle.model_input_size)
     if any(s % 2 for s in size):
         raise ValueError(f"model_input_size {size} must be even along every axis")
@@ -245,17 +242,11 @@ def iter_generate(
     n = len(seeds)
     values = dict(ages) if isinstance(ages, Mapping) else {"Age": list(ages)}
     conditions = _model_conditions(bundle, values, n)
-    shape = _latent_shape(bundle)
+    shape = latent_shape(bundle)
     if noise is not None and tuple(noise.shape) != (n, *shape):
         raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
     device = torch.device(config.device)
-    model = bundle.model.to(device).eval()
-    velocity = ModelVelocity(
-        model,
-        ablation=config.ablation,
-        guidance_scale=config.guidance_scale,
-        autocast_dtype=_AUTOCAST[config.autocast_dtype],
-    )
+    velocity = model_velocity(bundle, config)
     solver = get_solver(config.solver)
     grid = get_time_grid(config.time_grid, config.num_steps)
     starts = list(range(0, n, config.batch_size))
@@ -288,73 +279,6 @@ def generate_wavelets(
     return torch.cat([b.wavelets for b in batches])
 
 
-#: Batch size of :func:`auto_batch_size` off CUDA: on CPUs batch 2 already reaches the oneDNN kernels, and larger
-#: batches only add memory (``docs/benchmarks.md`` §3).
-CPU_BATCH_SIZE = 4
-
-
-def batch_from_probe(
-    peak_1: int, peak_2: int, free: int, *, memory_fraction: float = 0.8, max_batch: int = 32
-) -> int:
-    """Largest batch whose estimated peak fits ``memory_fraction`` of ``free`` bytes.
-
-    The peak is taken as linear in the batch, ``fixed + b · per_sample``, from the peaks of batch 1 and 2
-    (bytes above what was allocated before each probe).
-
-    Example:
-        >>> batch_from_probe(3 * 2**30, 4 * 2**30, 40 * 2**30)  # 2 GiB fixed + 1 GiB per sample
-        30
-    """
-    per_sample = max(peak_2 - peak_1, 1)
-    fixed = max(peak_1 - per_sample, 0)
-    fits = int((free * memory_fraction - fixed) // per_sample)
-    return max(1, min(max_batch, fits))
-
-
-def auto_batch_size(
-    bundle, config: SamplingConfig, *, memory_fraction: float = 0.8, max_batch: int = 32
-) -> int:
-    """A memory-bounded batch size for sampling ``bundle`` with ``config`` (its ``batch_size`` is ignored).
-
-    On CUDA, one network evaluation (with guidance and autocast as configured) is run at batch 1 and 2 on random
-    inputs; the peak memory of each gives the per-sample cost, and the batch is the largest that fits
-    ``memory_fraction`` of the free device memory, capped at ``max_batch``. Elsewhere :data:`CPU_BATCH_SIZE`.
-    """
-    device = torch.device(config.device)
-    if device.type != "cuda":
-        return CPU_BATCH_SIZE
-    model = bundle.model.to(device).eval()
-    velocity = ModelVelocity(
-        model,
-        ablation=config.ablation,
-        guidance_scale=config.guidance_scale,
-        autocast_dtype=_AUTOCAST[config.autocast_dtype],
-    )
-    shape = _latent_shape(bundle)
-    names = list(getattr(bundle.model_config, "condition_names", ()))
-
-    def peak(batch: int) -> int:
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        x = torch.randn(batch, *shape, device=device)
-        t = torch.full((batch,), 0.5, device=device)
-        cond = {name: torch.full((batch, 1), 0.5, device=device) for name in names} or None
-        with torch.no_grad():
-            velocity(x, t, cond)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-
-    p1, p2 = peak(1), peak(2)
-    free, _total = torch.cuda.mem_get_info(device)
-    batch = batch_from_probe(p1, p2, free, memory_fraction=memory_fraction, max_batch=max_batch)
-    logger.info(
-        "automatic batch size %d (%.2f GiB per sample, %.1f GiB free)", batch, (p2 - p1) / 2**30, free / 2**30
-    )
-    return batch
-
-
 class _ProgressBar:
     """tqdm bar over solver steps, callable as a solver ``progress`` hook; a no-op when disabled."""
 
@@ -372,73 +296,3 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def crop_start(src: Sequence[int], dst: Sequence[int]) -> tuple[int, ...]:
-    """Centre-crop offsets ``floor((src - dst) / 2)`` per axis (undoes the training padding)."""
-    if len(src) != len(dst) or any(d > s for s, d in zip(src, dst)):
-        raise ValueError(
-            f"save size {tuple(dst)} must not exceed the generated size {tuple(src)} on any axis"
-        )
-    return tuple((s - d) // 2 for s, d in zip(src, dst))
-
-
-def decode_and_export(wavelet: Tensor, save_size: Sequence[int], *, clamp: bool = True) -> np.ndarray:
-    """Haar states to export-ready volumes (spec §4).
-
-    IDWT -> clamp to [-1, 1] -> centre crop to ``save_size`` -> ``(x + 1) / 2`` -> clamp to [0, 1] -> float32.
-
-    Args:
-        wavelet: ``(N, 8, d, h, w)``.
-        save_size: ``(X, Y, Z)`` no larger than ``(2d, 2h, 2w)``.
-        clamp: apply both clamps (official); False keeps the raw range for diagnostics.
-
-    Returns:
-        ``(N, X, Y, Z)`` float32 array.
-    """
-    image = idwt3d(wavelet.float())
-    if clamp:
-        image = image.clamp(-1.0, 1.0)
-    start = crop_start(image.shape[2:], save_size)
-    sl = tuple(slice(a, a + int(s)) for a, s in zip(start, save_size))
-    image = image[:, 0, sl[0], sl[1], sl[2]]
-    image = (image + 1.0) / 2.0
-    if clamp:
-        image = image.clamp(0.0, 1.0)
-    return image.cpu().numpy().astype(np.float32, copy=False)
-
-
-def resolve_affine(kind: str, shape: Sequence[int], bundle_affine: np.ndarray | None = None) -> np.ndarray:
-    """The affine written on exported volumes.
-
-    Args:
-        kind: ``"mni"``: MNI152 2 mm for 91x109x91, MNI152 1 mm for 182x218x182, else ``bundle_affine``;
-            ``"identity"``: the official 1 mm identity (spec §11.21).
-        shape: exported volume shape.
-        bundle_affine: the affine stored with the model, if any.
-
-    Raises:
-        ValueError: unknown kind, or ``mni`` for a shape with no known affine and no bundle affine.
-    """
-    shape = tuple(int(s) for s in shape)
-    if kind == "identity":
-        return np.eye(4)
-    if kind != "mni":
-        raise ValueError(f"unknown affine '{kind}'; choose from {list(AFFINES)}")
-    for voxel_size in (2, 1):
-        grid = mni_grid(voxel_size)
-        if shape == grid.shape:
-            return grid.affine.copy()
-    if bundle_affine is not None:
-        return np.asarray(bundle_affine, dtype=np.float64)
-    raise ValueError(
-        f"no MNI affine is known for volumes of shape {shape} and the checkpoint stores none; "
-        "pass --affine identity (official behaviour) or export at 91x109x91 / 182x218x182"
-    )
-
-
-def write_volumes(volumes: np.ndarray, paths: Sequence[str | os.PathLike], affine: np.ndarray) -> list[Path]:
-    """Write ``volumes[i]`` ``(X, Y, Z)`` to ``paths[i]`` atomically as float32 NIfTI with ``affine``."""
-    if len(volumes) != len(paths):
-        raise ValueError(f"{len(volumes)} volumes but {len(paths)} paths")
-    return [save_volume(p, v, affine) for v, p in zip(volumes, paths)]

@@ -40,7 +40,7 @@ def setup_cli(fmt: str = LOG_FORMAT, datefmt: str | None = None) -> None:
 
 
 def batch_size_arg(text: str) -> int | str:
-    """A positive integer or ``auto`` (see :func:`flowlet.sampling.auto_batch_size`).
+    """A positive integer or ``auto`` (see :func:`flowlet.batching.auto_batch_size`).
 
     Example:
         >>> batch_size_arg("8"), batch_size_arg("auto")

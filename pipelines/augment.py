@@ -206,8 +206,10 @@ def augment(real_ages, options: AugmentOptions):
     from flowlet.augment.figures import plot_histograms
     from flowlet.augment.plan import draw_ages
     from flowlet.augment.writer import parse_shard, sample_table, sha256_file, write_augmentation
+    from flowlet.batching import auto_batch_size
     from flowlet.checkpoint import load_bundle
-    from flowlet.sampling import SamplingConfig, auto_batch_size, resolve_affine
+    from flowlet.export import resolve_affine
+    from flowlet.sampling import SamplingConfig
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)

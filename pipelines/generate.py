@@ -196,7 +196,8 @@ def _ablations(names: Sequence[str]) -> list[str]:
 
 def resolve_sampling(args: argparse.Namespace, bundle):
     """Build the :class:`~flowlet.sampling.SamplingConfig` for one ablation from the flags and the bundle."""
-    from flowlet.sampling import SamplingConfig, auto_batch_size
+    from flowlet.batching import auto_batch_size
+    from flowlet.sampling import SamplingConfig
 
     solver = args.solver
     if solver is None:
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> Path:
     """Load the checkpoint, generate every job and write the volumes and ``generation.json``."""
     from flowlet.checkpoint import load_bundle
     from flowlet.data.io import folder_lock, remove_stale_temporaries, resolve_inside
-    from flowlet.sampling import resolve_affine
+    from flowlet.export import resolve_affine
 
     if args.model_input_size is not None:
         logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
@@ -317,7 +318,8 @@ def run(args: argparse.Namespace) -> Path:
 def _write_jobs(args, bundle, jobs, base_config, save_size, affine, out_dir: Path) -> list[dict]:
     from flowlet.data.io import resolve_inside
     from flowlet.data.nifti import save_volume
-    from flowlet.sampling import decode_and_export, iter_generate
+    from flowlet.export import decode_and_export
+    from flowlet.sampling import iter_generate
 
     records = []
     for job in jobs:

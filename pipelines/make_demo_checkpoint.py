@@ -123,10 +123,16 @@ def run_quality_check(
     checkpoint: Path, cohort: Path, *, seeds_per_age: int, solver: str, steps: int, guidance: float
 ):
     """Generate at :data:`AGES` and score against the phantom cohort; returns (report, volumes, bundle)."""
+    from analysis.generator_check import (
+        VentricleVolumeMeter,
+        quality_check,
+        reference_images,
+        ventricle_region,
+    )
     from flowlet.checkpoint import load_bundle
     from flowlet.data.cohort import load_cohort
-    from flowlet.evaluation import VentricleVolumeMeter, quality_check, reference_images, ventricle_region
-    from flowlet.sampling import SamplingConfig, decode_and_export, generate_wavelets, sample_seeds
+    from flowlet.export import decode_and_export
+    from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
     bundle = load_bundle(checkpoint)
     ages = [a for a in AGES for _ in range(seeds_per_age)]

@@ -252,7 +252,8 @@ def write_augmentation(
         ValueError: ``out_dir`` holds an augmentation made with other settings (the message lists them) and
             ``replace`` is false, or it is not an augmentation folder.
     """
-    from flowlet.sampling import decode_and_export, iter_generate, write_volumes
+    from flowlet.export import decode_and_export, write_volumes
+    from flowlet.sampling import iter_generate
 
     out_dir = Path(out_dir)
     if replace and shard.count > 1:

@@ -38,7 +38,8 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_official_flags_give_the_official_layout_and_data(tmp_path):
     from flowlet.checkpoint import load_bundle
-    from flowlet.sampling import SamplingConfig, decode_and_export, generate_wavelets, sample_seeds
+    from flowlet.export import decode_and_export
+    from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
     out = tmp_path / "out"
     code = _run(out, "--generation_conditions", "Age=30", "Age=70 Unknown=1", "--num_synthetic", "2",

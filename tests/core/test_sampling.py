@@ -11,23 +11,20 @@ import pytest
 import torch
 from torch import nn
 
+from flowlet.data.grid import mni_grid
 from flowlet.data.nifti import load_volume
+from flowlet.data.preprocessing import crop_start
+from flowlet.export import decode_and_export, resolve_affine, write_volumes
 from flowlet.guidance import ModelVelocity, get_ablation
 from flowlet.models.config import UNetConfig
 from flowlet.models.unet import ConditionalUNet
 from flowlet.sampling import (
-    MNI_1MM_AFFINE,
-    MNI_2MM_AFFINE,
     SamplingConfig,
-    crop_start,
-    decode_and_export,
     generate_wavelets,
     initial_noise,
     normalize_conditions,
-    resolve_affine,
     sample_seed,
     sample_seeds,
-    write_volumes,
 )
 from flowlet.solvers import get_solver, uniform_grid
 
@@ -258,9 +255,9 @@ def test_sampling_config_validation():
 
 
 def test_affines(tmp_path):
-    assert np.array_equal(resolve_affine("mni", (91, 109, 91)), MNI_2MM_AFFINE)
-    assert abs(np.linalg.det(MNI_2MM_AFFINE[:3, :3])) == pytest.approx(8.0)
-    assert np.array_equal(resolve_affine("mni", (182, 218, 182)), MNI_1MM_AFFINE)
+    assert np.array_equal(resolve_affine("mni", (91, 109, 91)), mni_grid(2).affine)
+    assert abs(np.linalg.det(mni_grid(2).affine[:3, :3])) == pytest.approx(8.0)
+    assert np.array_equal(resolve_affine("mni", (182, 218, 182)), mni_grid(1).affine)
     assert np.array_equal(resolve_affine("identity", (27, 30, 27)), np.eye(4))
     own = np.diag([3.0, 3.0, 3.0, 1.0])
     assert np.array_equal(resolve_affine("mni", (27, 30, 27), own), own)
@@ -269,14 +266,14 @@ def test_affines(tmp_path):
     with pytest.raises(ValueError, match="unknown affine"):
         resolve_affine("lps", (91, 109, 91))
     vols = np.random.default_rng(0).random((2, 4, 5, 6), dtype=np.float32)
-    paths = write_volumes(vols, [tmp_path / "a.nii.gz", tmp_path / "b" / "c.nii.gz"], MNI_2MM_AFFINE)
+    paths = write_volumes(vols, [tmp_path / "a.nii.gz", tmp_path / "b" / "c.nii.gz"], mni_grid(2).affine)
     back = load_volume(paths[1])
-    assert np.array_equal(back.data, vols[1]) and np.array_equal(back.affine, MNI_2MM_AFFINE)
+    assert np.array_equal(back.data, vols[1]) and np.array_equal(back.affine, mni_grid(2).affine)
     assert back.voxel_volume_mm3 == pytest.approx(8.0)
 
 
 def test_batch_from_probe_fits_the_free_memory():
-    from flowlet.sampling import batch_from_probe
+    from flowlet.batching import batch_from_probe
 
     gib = 2**30
     # 2 GiB fixed + 1 GiB per sample; 80 % of 40 GiB = 32 GiB -> 30 samples
@@ -287,7 +284,7 @@ def test_batch_from_probe_fits_the_free_memory():
 
 
 def test_auto_batch_size_off_cuda_is_the_cpu_default():
-    from flowlet.sampling import CPU_BATCH_SIZE, auto_batch_size
+    from flowlet.batching import CPU_BATCH_SIZE, auto_batch_size
 
     assert auto_batch_size(object(), SamplingConfig(device="cpu")) == CPU_BATCH_SIZE
 

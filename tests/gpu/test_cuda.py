@@ -55,9 +55,10 @@ def test_haar_codec_on_cuda_matches_the_cpu():
 
 def test_the_memory_probe_choice_fits():
     """Generating at the batch the probe picks stays inside the memory it was given (and does not run out)."""
+    from flowlet.batching import auto_batch_size
     from flowlet.checkpoint import FlowLetBundle
     from flowlet.models import ConditionalUNet, UNetConfig
-    from flowlet.sampling import SamplingConfig, auto_batch_size, generate_wavelets, sample_seeds
+    from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
     config = UNetConfig(
         model_channels=32,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlet.evaluation import VentricleVolumeMeter, histogram_distance, intensity_histogram, quality_check
+from analysis.generator_check import (
+    VentricleVolumeMeter,
+    histogram_distance,
+    intensity_histogram,
+    quality_check,
+)
 
 
 def _images(csf_voxels: list[int], shape=(4, 4, 4)) -> np.ndarray:

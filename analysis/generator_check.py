@@ -11,7 +11,7 @@ For a set of target ages the generator produces volumes, and two things are meas
   (real or phantom) volumes, compared by total variation and the 1-Wasserstein distance.
 
 Everything works on ``(N, X, Y, Z)`` float arrays in ``[0, 1]`` on one grid (the export scale of
-:func:`flowlet.sampling.decode_and_export`); :func:`reference_images` brings cohort scans to that scale.
+:func:`flowlet.export.decode_and_export`); :func:`reference_images` brings cohort scans to that scale.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def reference_images(
 ) -> np.ndarray:
     """Cohort scans on the export scale: robust-normalise, pad to ``image_size``, crop to ``save_size``, to [0, 1].
 
-    This is the training preprocessing followed by the export of :func:`flowlet.sampling.decode_and_export`, so
+    This is the training preprocessing followed by the export of :func:`flowlet.export.decode_and_export`, so
     real and generated volumes are compared on the same grid and intensity scale.
 
     Returns:
