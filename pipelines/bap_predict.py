@@ -11,6 +11,7 @@ import argparse
 import logging
 
 from pipelines.arguments import setup_cli
+from pipelines.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output CSV (subject_id, session_id, age, pred, pred_corrected, split)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     return p
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from bap.predict import predict_cohort
     from flowlet.data.cohort import load_cohort
     from flowlet.data.io import write_table_atomic
+    from flowlet.data.outputs import check_output_file
 
+    check_output_file(args.out, [args.cohort, args.checkpoint], overwrite=args.overwrite)
     payload = load_checkpoint(args.checkpoint)
     table = load_cohort(args.cohort).table
     out = predict_cohort(payload, table, batch_size=args.batch_size, device=args.device)
@@ -62,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bap-predict``."""
     args = build_parser().parse_args(argv)
     setup_cli("%(asctime)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 2
+    return run_cli(
+        "bap-predict", lambda: run(args), interrupted="nothing was written; rerun the same command"
+    )
 
 
 if __name__ == "__main__":
