@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     code = run_cli(
         "flowlet-train",
         body,
-        interrupted="the state was saved; rerun with --resume to continue",
+        interrupted="rerun with --resume to continue from the saved state",
         errors=(ConfigError,),
     )
     if code:

@@ -301,9 +301,9 @@ def test_full_disk_in_bap_train_names_the_file_and_keeps_the_previous_run(
     shutil.copytree(finished, run)
     before = snapshot(run)
     full_disk(after=0)
-    result = cli(bap_train.main, _bap_train_argv(table, run, "--seed", "9", "--overwrite"))
+    result = cli(bap_train.main, _bap_train_argv(table, run, "--resume"))  # its first write: config.yaml
     assert result.code == 2, result.text
-    assert "No space left on device" in result.text and "cannot write" in result.text
+    assert "config.yaml: No space left on device" in result.text and "cannot write" in result.text
     assert "Traceback" not in result.text
     assert snapshot(run) == before and temp_files(run) == []
 
@@ -325,15 +325,33 @@ def test_ctrl_c_in_augment_exits_130_and_the_rerun_completes(cli, tmp_path, tiny
     assert snapshot(out) == snapshot(reference)
 
 
-@pytest.mark.parametrize("command", ["flowlet-generate", "flowlet-phantoms"])
+def test_ctrl_c_in_flowlet_train_exits_130_and_resume_finishes(cli, tmp_path, monkeypatch):
+    from flowlet.training.trainer import Trainer
+
+    table = write_table_cohort(tmp_path / "cohort")
+    out = tmp_path / "run"
+    argv = [*_train_argv(table, out), "--set", "training.max_steps=3"]
+    monkeypatch.setattr(Trainer, "train_step", _raise_on_call(2, Trainer.train_step, KeyboardInterrupt()))
+    result = _interrupted(cli, train.main, argv)
+    monkeypatch.undo()
+    assert result.code == 130, result.text
+    assert "interrupted" in result.text and "--resume" in result.text and "Traceback" not in result.text
+    assert (out / "checkpoints" / "state.pt").is_file() and temp_files(out) == []
+    assert cli(train.main, [*argv, "--resume"]).code == 0
+    assert (out / "checkpoints" / "latest.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["flowlet-generate", "flowlet-phantoms", "flowlet-eval"])
 def test_ctrl_c_exits_130_without_a_traceback(command, cli, tmp_path, tiny_checkpoint, monkeypatch):
     import flowlet.data.io as io_module
 
     out = tmp_path / "out"
     if command == "flowlet-generate":
         main, argv = generate.main, _generate_argv(tiny_checkpoint, out)
-    else:
+    elif command == "flowlet-phantoms":
         main, argv = phantoms.main, ["--n", "2", "--out", out, "--voxel-size", "4", "--no-progress"]
+    else:
+        main, argv = evaluate.main, _eval_argv(write_table_cohort(tmp_path / "cohort"), out)
     monkeypatch.setattr(io_module, "_fsync", _raise_on_call(2, io_module._fsync, KeyboardInterrupt()))
     result = _interrupted(cli, main, argv)
     assert result.code == 130, result.text
