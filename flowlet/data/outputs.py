@@ -109,7 +109,8 @@ def check_output_file(
 
 def _is_internal(path: Path) -> bool:
     """Lock files, the manifest and the temporary files of a killed writer: not the user's, not results."""
-    return path.name.startswith(".lock") or path.name == MANIFEST or bool(io._TEMP_NAME.match(path.name))
+    name = path.name
+    return name.startswith((".lock", MANIFEST, f".{MANIFEST}.")) or bool(io._TEMP_NAME.match(name))
 
 
 def _content(folder: Path) -> list[Path]:
@@ -153,6 +154,7 @@ class OutputFolder:
     previous: set[str] = field(default_factory=set)
     written: set[str] = field(default_factory=set)
     _had_manifest: bool = False
+    _removed: set[str] = field(default_factory=set)
     _dirty: bool = False
     _saved_at: float = 0.0
     _mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -192,7 +194,9 @@ class OutputFolder:
                     folder.rmdir()  # only empty folders; stops at the first one that still holds something
                     folder = folder.parent
         with self._mutex:
-            self.previous -= {str(p.relative_to(self.path).as_posix()) for p in removed}
+            names = {p.relative_to(self.path).as_posix() for p in removed}
+            self.previous -= names
+            self._removed |= names
             self._dirty = True
         return removed
 
@@ -201,7 +205,11 @@ class OutputFolder:
         return self.path.resolve()
 
     def _save(self) -> None:
-        files = sorted((self.previous | self.written) - {MANIFEST})
+        on_disk = _read_manifest(self.path)  # shards of one augmentation share the folder and its manifest
+        listed = (
+            set(on_disk["files"]) if on_disk is not None and on_disk.get("command") == self.command else set()
+        )
+        files = sorted((self.previous | self.written | listed) - self._removed - {MANIFEST})
         data = {"command": self.command, "files": files}
         # Plain write + rename (no fsync): the manifest is bookkeeping, not a result.
         tmp = self.path / f".{MANIFEST}.{os.getpid()}.part"

@@ -117,6 +117,20 @@ def test_bap_predict_refuses_to_write_over_the_cohort_table(cli, tmp_path, bap_c
     assert _files(real) == before
 
 
+def test_an_output_reached_through_a_symbolic_link_is_still_refused(cli, tmp_path, bap_checkpoint):
+    real = write_bids(tmp_path / "real")
+    link = tmp_path / "results"
+    link.symlink_to(real, target_is_directory=True)
+    before = _files(real)
+    result = cli(
+        bap_predict.main,
+        ["--checkpoint", bap_checkpoint, "--cohort", real, "--out", link / "participants.tsv"],
+    )
+    assert result.code == 2, result.text
+    assert "lies inside the input" in result.text
+    assert _files(real) == before
+
+
 def test_bap_predict_replaces_an_existing_file_only_with_overwrite(cli, tmp_path, bap_checkpoint):
     real = write_bids(tmp_path / "real")
     out = tmp_path / "results.csv"
@@ -138,6 +152,17 @@ def finished_bap_run(tmp_path_factory) -> tuple[Path, Path]:
     out = root / "run"
     assert bap_train.main([str(a) for a in _bap_train_argv(table, out)]) == 0
     return table, out
+
+
+def test_augment_shards_share_one_folder_and_one_manifest(cli, tmp_path, tiny_checkpoint):
+    real = write_bids(tmp_path / "real")
+    out = tmp_path / "out"
+    for shard in ("0/2", "1/2"):
+        assert cli(augment.main, _augment_argv(real, tiny_checkpoint, out, "--shard", shard)).code == 0
+    listed = json.loads((out / MANIFEST).read_text())
+    assert listed["command"] == "flowlet-augment"
+    assert sorted(listed["files"]) == sorted(snapshot(out))
+    assert len(list(out.rglob("sub-syn*_T1w.nii.gz"))) == 4
 
 
 def test_bap_train_refuses_a_finished_run_without_resume_or_overwrite(cli, finished_bap_run, tmp_path):
