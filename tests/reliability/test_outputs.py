@@ -382,3 +382,43 @@ def test_ctrl_c_exits_130_without_a_traceback(command, cli, tmp_path, tiny_check
     assert result.code == 130, result.text
     assert "interrupted" in result.text and "Traceback" not in result.text
     assert temp_files(out) == []
+
+
+def test_ctrl_c_in_a_study_exits_130_and_the_rerun_redoes_only_the_unfinished_stage(
+    cli, tmp_path, monkeypatch
+):
+    import yaml
+
+    import flowlet.data.cohort
+    from configs import config_path
+    from pipelines.study import cli as study_cli
+
+    raw = yaml.safe_load(config_path("study", "demo").read_text())
+    raw["cohort"] = {"path": str(write_bids(tmp_path / "real"))}
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "study"
+    argv = ["--config", config, "--out", out, "--until", "cohort"]
+    real = flowlet.data.cohort.load_cohort
+    monkeypatch.setattr(flowlet.data.cohort, "load_cohort", _raise_on_call(1, real, KeyboardInterrupt()))
+    result = _interrupted(cli, study_cli.main, argv)
+    monkeypatch.undo()
+    assert result.code == 130, result.text
+    assert "interrupted" in result.text and "Traceback" not in result.text
+    assert not (out / "cohort" / "stage.json").exists()
+    assert cli(study_cli.main, argv).code == 0
+    assert (out / "cohort" / "stage.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["flowlet-train", "flowlet-eval"])
+def test_full_disk_exits_2_names_the_file_and_leaves_no_folder(command, cli, tmp_path, full_disk):
+    table = write_table_cohort(tmp_path / "cohort")
+    out = tmp_path / "out"
+    main, argv = (evaluate.main, _eval_argv(table, out, "--limit", "2")) if command == "flowlet-eval" else (
+        train.main, _train_argv(table, out))  # fmt: skip
+    full_disk(after=0)
+    result = cli(main, argv)
+    assert result.code == 2, result.text
+    assert "No space left on device" in result.text and "cannot write" in result.text
+    assert "Traceback" not in result.text
+    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
