@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipelines.arguments import (
     thread_count,
     volume_axis,
 )
+from pipelines.cli import RESUME_HINT, run_cli
 
 logger = logging.getLogger("flowlet.augment")
 
@@ -138,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_cli("%(levelname)s %(name)s: %(message)s")
-    from flowlet.data.io import FolderLockedError
-
-    try:
-        return run(args)
-    except (ValueError, OSError, FolderLockedError) as exc:
-        print(f"flowlet-augment: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli("flowlet-augment", lambda: run(args), interrupted=RESUME_HINT)
 
 
 @dataclass(frozen=True)
@@ -199,8 +193,11 @@ def plan_augmentation(real_ages, options: AugmentOptions):
     )
 
 
-def augment(real_ages, options: AugmentOptions):
-    """Plan and generate; returns ``(plan, AugmentResult)``. Reruns resume (see ``flowlet.augment.writer``)."""
+def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
+    """Plan and generate; returns ``(plan, AugmentResult)``. Reruns resume (see ``flowlet.augment.writer``).
+
+    ``locked``: the caller holds this shard's lock on ``options.out`` already (:func:`run` does).
+    """
     import numpy as np
 
     from flowlet.augment.figures import plot_histograms
@@ -278,6 +275,7 @@ def augment(real_ages, options: AugmentOptions):
         shard=shard,
         progress=options.progress,
         replace=options.overwrite,
+        lock=not locked,
     )
     plot_histograms(plan, Path(options.out) / "age_histograms.png")
     return plan, result
@@ -324,17 +322,49 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
     )
+    from flowlet.augment.writer import parse_shard, shard_lock_name
+    from flowlet.data.outputs import check_outside_inputs, output_folder
+
+    inputs = _inputs(args)
+    check_outside_inputs(args.out, inputs)  # before reading anything, and for --dry-run too
     ages = load_cohort(args.real).ages
     plan = plan_augmentation(ages, options)
     print(plan.table.to_string(index=False))
     print(f"synthetic brains: {plan.budget}; combined max/min bin ratio: {plan.max_min_ratio():.3f}")
     if args.dry_run:
         return 0
-    _, result = augment(ages, options)
+    with output_folder(
+        args.out,
+        command="flowlet-augment",
+        inputs=inputs,
+        overwrite=args.overwrite,
+        lock=shard_lock_name(parse_shard(args.shard)),
+        legacy=_is_augmentation,
+    ) as folder:
+        # Replacing earlier brains deletes their subject folders: only in a folder this command wrote.
+        _, result = augment(ages, replace(options, overwrite=options.overwrite and folder.own), locked=True)
     print(
         f"wrote {result.generated} brains ({result.skipped} already complete) of {result.total} to {result.out_dir}"
     )
     return 0
+
+
+def _is_augmentation(folder: Path) -> bool:
+    """Whether ``folder`` holds an augmentation of an earlier version (its description names the toolkit)."""
+    import json
+
+    try:
+        description = json.loads((folder / "dataset_description.json").read_text(encoding="utf-8"))
+        generated_by = description["GeneratedBy"][0]
+        return generated_by["Name"] == "flowlet-toolkit" and "CheckpointSHA256" in generated_by
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+
+
+def _inputs(args: argparse.Namespace) -> list[str | None]:
+    """Every path the command reads (the output may be none of them, nor inside or around one)."""
+    target = args.target_hist.split(":", 1)[1] if args.target_hist.startswith("match:") else args.target_hist
+    return [args.real, args.checkpoint, args.config_path, args.condition_ranges_path, target]
 
 
 if __name__ == "__main__":

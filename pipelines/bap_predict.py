@@ -14,6 +14,7 @@ from pipelines.arguments import (
     bounded_int,
     setup_cli,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output CSV (subject_id, session_id, age, pred, pred_corrected, split)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument(
         "--batch-size",
         type=bounded_int(1, 4096),
@@ -50,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from bap.predict import predict_cohort
     from flowlet.data.cohort import load_cohort
     from flowlet.data.io import write_table_atomic
+    from flowlet.data.outputs import check_output_file
 
+    check_output_file(args.out, [args.cohort, args.checkpoint], overwrite=args.overwrite)
     payload = load_checkpoint(args.checkpoint)
     build_from_checkpoint(
         payload, source=args.checkpoint
@@ -73,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bap-predict``."""
     args = build_parser().parse_args(argv)
     setup_cli("%(asctime)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 2
+    return run_cli(
+        "bap-predict", lambda: run(args), interrupted="nothing was written; rerun the same command"
+    )
 
 
 if __name__ == "__main__":

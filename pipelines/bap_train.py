@@ -22,6 +22,7 @@ from pipelines.arguments import (
     seed_int,
     setup_cli,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="training seeds per ratio with --compare (default 1)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (single run only)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again into a folder that holds an earlier run (its files are replaced; without it such a "
+        "folder is refused: use --resume to continue it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -135,18 +142,38 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bap.compare import run_comparison
-    from bap.data import prepare_data
-    from bap.train import train
     from flowlet.data.cohort import load_cohort
+    from flowlet.data.outputs import check_outside_inputs, output_folder
 
+    inputs = [args.real, args.synthetic, args.test, args.config]
+    check_outside_inputs(args.out, inputs)
     cfg = build_config(args)
     real = load_cohort(args.real).table
     synthetic = load_cohort(args.synthetic).table if args.synthetic else None
     test = load_cohort(args.test).table if args.test else None
+    if args.compare and args.resume:
+        raise ValueError("--resume continues one run; it cannot be combined with --compare")
+    with output_folder(
+        args.out,
+        command="bap-train",
+        inputs=inputs,
+        overwrite=args.overwrite,
+        reuse=args.resume,
+        reuse_hint="use --resume to continue it, or --overwrite to train again from scratch",
+        legacy=lambda folder: (folder / "last.pt").is_file(),  # a run of an earlier version
+    ) as folder:
+        code = _train(args, cfg, real, synthetic, test)
+        if not args.resume:
+            folder.remove_previous()  # an earlier run's files that this one did not write again (epoch-*.pt...)
+    return code
+
+
+def _train(args: argparse.Namespace, cfg, real, synthetic, test) -> int:
+    from bap.compare import run_comparison
+    from bap.data import prepare_data
+    from bap.train import train
+
     if args.compare:
-        if args.resume:
-            raise ValueError("--resume continues one run; it cannot be combined with --compare")
         ratios = [float(r) for r in args.compare.split(",") if r.strip()]
         result = run_comparison(
             cfg,
@@ -177,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bap-train``."""
     args = build_parser().parse_args(argv)
     setup_cli("%(asctime)s %(name)s: %(message)s")
+    hint = (
+        "rerun with --overwrite to start the comparison again"
+        if args.compare
+        else "rerun with --resume to continue from the last finished epoch"
+    )
     try:
-        return run(args)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+        return run_cli("bap-train", lambda: run(args), interrupted=hint)
     finally:
         _close_process_group()
 

@@ -27,6 +27,7 @@ from pipelines.arguments import (
     setup_cli,
     thread_count,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger("flowlet.eval")
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, required=True, help="output folder")
+    common.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder flowlet-eval did not create"
+    )
     common.add_argument("--config", type=Path, help="YAML config (default: configs/eval/default.yaml)")
     common.add_argument("--atlas", help="packaged atlas name (overrides the config)")
     common.add_argument("--atlas-image", type=Path, help="custom atlas label NIfTI (with --atlas-table)")
@@ -115,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--names", nargs="+", help="one model name per input (default: folder names)")
     t.add_argument("--out", type=Path, required=True, help="output folder")
+    t.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty folder flowlet-eval did not create"
+    )
     t.add_argument("--config", type=Path, help="YAML config (key regions)")
     return p  # fmt: skip
 
@@ -570,44 +577,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``flowlet-eval``; returns the exit status."""
     args = build_parser().parse_args(argv)
     setup_cli("%(levelname)s %(name)s: %(message)s")
-    try:
+    from flowlet.data.outputs import output_folder
+
+    def body() -> int:
         config = load_config(args.config, args)
         if args.command == "regions":  # checked before --out is created
             if args.real is not None and args.synthetic is None:
                 raise ValueError("regions --real needs --synthetic (or use --cohort for one cohort)")
             if args.cohort is not None and args.synthetic is not None:
                 raise ValueError("regions --synthetic goes with --real, not with --cohort")
-        args.out.mkdir(parents=True, exist_ok=True)
-        progress = not getattr(args, "no_progress", True)
-        options = (
-            {"limit": args.limit, "progress": progress, "jobs": args.jobs} if args.command != "tables" else {}
-        )
-        if args.command == "regions" and args.real is not None:
-            run_regions_pair(
-                args.real, args.synthetic, args.out, config, registration=args.registration, **options
+        with output_folder(
+            args.out,
+            command="flowlet-eval",
+            inputs=_inputs(args),
+            overwrite=args.overwrite,
+            legacy=lambda folder: (folder / "config.yaml").is_file() and any(folder.glob("*.tsv")),
+        ):
+            progress = not getattr(args, "no_progress", True)
+            options = (
+                {"limit": args.limit, "progress": progress, "jobs": args.jobs}
+                if args.command != "tables"
+                else {}
             )
-        elif args.command == "regions":
-            run_regions(args.cohort, args.out, config, registration=args.registration, **options)
-        elif args.command == "quality":
-            run_quality(
-                args.real,
-                args.synthetic,
-                args.out,
-                config,
-                name=args.name,
-                registration=args.registration,
-                **options,
-            )
-        elif args.command == "privacy":
-            options.pop("jobs")  # the audit reads images only; nothing to parallelise
-            run_privacy(args.train, args.holdout, args.synthetic, args.out, config, **options)
-        else:
-            run_tables(args.inputs, args.names, args.out, config)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        logger.error("%s", exc)
-        return 2
-    logger.info("wrote %s", args.out)
-    return 0
+            if args.command == "regions" and args.real is not None:
+                run_regions_pair(
+                    args.real, args.synthetic, args.out, config, registration=args.registration, **options
+                )
+            elif args.command == "regions":
+                run_regions(args.cohort, args.out, config, registration=args.registration, **options)
+            elif args.command == "quality":
+                run_quality(
+                    args.real,
+                    args.synthetic,
+                    args.out,
+                    config,
+                    name=args.name,
+                    registration=args.registration,
+                    **options,
+                )
+            elif args.command == "privacy":
+                options.pop("jobs")  # the audit reads images only; nothing to parallelise
+                run_privacy(args.train, args.holdout, args.synthetic, args.out, config, **options)
+            else:
+                run_tables(args.inputs, args.names, args.out, config)
+        logger.info("wrote %s", args.out)
+        return 0
+
+    return run_cli("flowlet-eval", body)
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    """Every cohort, table, folder and file the subcommand reads."""
+    names = ("config", "atlas_image", "atlas_table", "cohort", "real", "synthetic", "train", "holdout")
+    return [getattr(args, name, None) for name in names] + list(getattr(args, "inputs", None) or [])
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pipelines.arguments import (
     thread_count,
     volume_axis,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger("flowlet.generate")
 
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--condition_ranges_path", help="official condition_ranges.json (default: next to the checkpoint)"
     )
     p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that flowlet-generate did not create (files of the same name are "
+        "replaced, no other file is deleted); a folder it created is rerun without it",
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--generation_conditions",
@@ -281,8 +288,12 @@ def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int
 def run(args: argparse.Namespace) -> Path:
     """Load the checkpoint, generate every job and write the volumes and ``generation.json``."""
     from flowlet.checkpoint import load_bundle
-    from flowlet.data.io import folder_lock, remove_stale_temporaries, resolve_inside
+    from flowlet.data.io import remove_stale_temporaries, resolve_inside
+    from flowlet.data.outputs import check_outside_inputs, output_folder
     from flowlet.export import resolve_affine
+
+    inputs = [args.checkpoint_path, args.config_path, args.condition_ranges_path]
+    check_outside_inputs(args.output_dir, inputs)
 
     if args.model_input_size is not None:
         logger.warning("--model_input_size is ignored: the input size is read from the checkpoint config")
@@ -307,7 +318,14 @@ def run(args: argparse.Namespace) -> Path:
     for job in jobs:  # refuse a file name that would escape the output folder before anything is written
         for name in job.files:
             resolve_inside(out_dir, name)
-    with folder_lock(out_dir):  # a second run into the same folder is refused instead of interleaving files
+    # locked: a second run into the same folder is refused instead of interleaving files
+    with output_folder(
+        out_dir,
+        command="flowlet-generate",
+        inputs=inputs,
+        overwrite=args.overwrite,
+        legacy=lambda folder: (folder / "generation.json").is_file(),  # written by an earlier version
+    ):
         remove_stale_temporaries(out_dir)  # left by a killed run; never read, but not to be left lying around
         records = _write_jobs(args, bundle, jobs, base_config, save_size, affine, out_dir)
         _write_metadata(args, bundle, base_config, save_size, affine, out_dir, records)
@@ -372,17 +390,15 @@ def _write_metadata(args, bundle, base_config, save_size, affine, out_dir: Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
-    from flowlet.data.io import FolderLockedError
-
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
     setup_cli()
-    try:
-        run(args)
-    except (ValueError, OSError, FolderLockedError) as exc:  # CheckpointError and NiftiError are ValueErrors
-        logger.error("%s", exc)
-        return 2
-    return 0
+
+    def body() -> int:
+        run(args)  # CheckpointError and NiftiError are ValueErrors: user errors for run_cli
+        return 0
+
+    return run_cli("flowlet-generate", body)
 
 
 if __name__ == "__main__":

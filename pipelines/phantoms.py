@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from pipelines.arguments import (
@@ -12,6 +11,7 @@ from pipelines.arguments import (
     seed_int,
     setup_cli,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli("%(levelname)s %(name)s: %(message)s")
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
-    # The lock file of an earlier (failed or finished) run does not make the folder "not empty".
-    content = [p for p in args.out.iterdir() if p.name != ".lock"] if args.out.is_dir() else []
-    if args.out.exists() and (not args.out.is_dir() or content) and not args.overwrite:
-        print(
-            f"flowlet-phantoms: error: output folder '{args.out}' is not empty; use --overwrite",
-            file=sys.stderr,
-        )
-        return 2
-    from flowlet.data.io import FolderLockedError, folder_lock, remove_stale_temporaries
+    from flowlet.data.io import remove_stale_temporaries
+    from flowlet.data.outputs import output_folder
     from flowlet.data.phantom import age_histogram, write_phantom_cohort
 
-    try:
+    def body() -> int:
         age_histogram(args.age_hist)  # fail on a malformed file before any work
-        with folder_lock(args.out):  # a second run into the same folder is refused instead of interleaving
+        with output_folder(
+            args.out,
+            command="flowlet-phantoms",
+            inputs=[args.age_hist],
+            overwrite=args.overwrite,
+            reuse=False,  # a new cohort replaces the earlier one: only with --overwrite
+            reuse_hint="use --overwrite to replace it",
+        ) as folder:
             remove_stale_temporaries(args.out)  # left by a killed run
             write_phantom_cohort(
                 args.out,
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
                 tissue_maps=args.tissue_maps,
             )
-    except (ValueError, OSError, FolderLockedError) as exc:
-        print(f"flowlet-phantoms: error: {exc}", file=sys.stderr)
-        return 2
+            folder.remove_previous()  # subjects of an earlier, larger cohort
+        return 0
+
+    code = run_cli("flowlet-phantoms", body, interrupted="rerun the same command with --overwrite")
+    if code:
+        return code
     logger.info("cohort written to %s", args.out)
     return 0
 

@@ -12,6 +12,7 @@ from pipelines.arguments import (
     setup_cli,
     thread_count,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=thread_count, default=1, help="ITK threads per job (default 1)")
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
     parser.add_argument("--no-resume", action="store_true", help="process every scan again")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that flowlet-prep did not create (same-named files are replaced)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -66,27 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli("%(levelname)s %(name)s: %(message)s")
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
-    from flowlet.data.io import FolderLockedError
+    from flowlet.data.outputs import output_folder
     from flowlet.data.prep import PrepConfig, run_prep
 
-    try:
+    def body() -> int:
         config = PrepConfig(voxel_size=args.voxel_size, template=args.template, n4=not args.no_n4)
-        report = run_prep(
-            args.bids,
+        with output_folder(
             args.out,
-            config=config,
-            participants=args.participants,
-            jobs=args.jobs,
-            threads_per_job=args.threads,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-        )
-    except (ImportError, FileNotFoundError, ValueError, FolderLockedError) as exc:
-        print(f"flowlet-prep: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
-    print(f"QC table: {report.qc_path}")
-    return 1 if report.failures else 0
+            command="flowlet-prep",
+            inputs=[args.bids, args.participants],
+            overwrite=args.overwrite,
+            lock=None,  # run_prep holds the folder's lock
+            legacy=lambda folder: (folder / "qc" / "prep_qc.tsv").is_file(),  # written by an earlier version
+        ):
+            report = run_prep(
+                args.bids,
+                args.out,
+                config=config,
+                participants=args.participants,
+                jobs=args.jobs,
+                threads_per_job=args.threads,
+                resume=not args.no_resume,
+                progress=not args.no_progress,
+            )
+        print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
+        print(f"QC table: {report.qc_path}")
+        return 1 if report.failures else 0
+
+    return run_cli("flowlet-prep", body, errors=(ImportError,))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines.cli import run_cli
+
 __all__ = ["main", "resolve_config_path", "run_training"]
 
 logger = logging.getLogger("flowlet.train")
@@ -60,10 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stop-after", type=int, help="stop after this many steps in total (saves the state)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into a non-empty run folder that flowlet-train did not create (same-named files are replaced)",
+    )
     return parser
 
 
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
+def _setup_logging(run_dir: Path, is_main: bool) -> logging.Handler | None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,24 +83,50 @@ def _setup_logging(run_dir: Path, is_main: bool) -> None:
         handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(fmt)
         root.addHandler(handler)
+        return handler
+    return None
 
 
 def run_training(
-    config_file: str, overrides: list[str], *, resume: bool = False, stop_after: int | None = None
+    config_file: str,
+    overrides: list[str],
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    overwrite: bool = False,
 ):
-    """Load the config, train, and return the :class:`~flowlet.training.trainer.TrainResult`."""
+    """Load the config, train, and return the :class:`~flowlet.training.trainer.TrainResult`.
+
+    The run folder is under the output-folder contract (:mod:`flowlet.data.outputs`): locked, never an input,
+    and a non-empty folder this command did not create only with ``overwrite``.
+    """
+    from flowlet.data.outputs import output_folder
     from flowlet.training.config import load_train_config
     from flowlet.training.trainer import Trainer
 
-    config = load_train_config(resolve_config_path(config_file), overrides)
-    _setup_logging(Path(config.runtime.run_dir), int(os.environ.get("RANK", "0")) == 0)
-    trainer = Trainer(config)
-    try:
-        return trainer.fit(resume=resume, stop_after=stop_after)
-    finally:
-        from flowlet.training.distributed import shutdown_distributed
+    config_path = resolve_config_path(config_file)
+    config = load_train_config(config_path, overrides)
+    run_dir = Path(config.runtime.run_dir)
+    with output_folder(
+        run_dir,
+        command="flowlet-train",
+        inputs=[config_path, config.data.source],
+        overwrite=overwrite,
+        legacy=lambda folder: (folder / "checkpoints" / "state.pt").is_file(),  # a run of an earlier version
+    ):
+        handler = _setup_logging(run_dir, int(os.environ.get("RANK", "0")) == 0)
+        try:
+            trainer = Trainer(config)
+            try:
+                return trainer.fit(resume=resume, stop_after=stop_after)
+            finally:
+                from flowlet.training.distributed import shutdown_distributed
 
-        shutdown_distributed(trainer.dist)
+                shutdown_distributed(trainer.dist)
+        finally:
+            if handler is not None:  # the log file is closed before a failed run's folder may be removed
+                logging.getLogger().removeHandler(handler)
+                handler.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,16 +142,29 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"runtime.run_dir={args.run_dir}")
     from flowlet.training.config import ConfigError
 
-    try:
-        result = run_training(args.config, overrides, resume=args.resume, stop_after=args.stop_after)
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-    ) as exc:  # bad data name the file (NiftiError...)
-        logger.error("%s", exc)
-        return 2
+    results = []
+
+    def body() -> int:
+        results.append(
+            run_training(
+                args.config,
+                overrides,
+                resume=args.resume,
+                stop_after=args.stop_after,
+                overwrite=args.overwrite,
+            )
+        )
+        return 0
+
+    code = run_cli(
+        "flowlet-train",
+        body,
+        interrupted="rerun with --resume to continue from the saved state",
+        errors=(ConfigError,),
+    )
+    if code:
+        return code
+    result = results[0]
     logger.info(
         "done: %d steps, best val loss %s, run folder %s", result.step, result.best_val_loss, result.run_dir
     )

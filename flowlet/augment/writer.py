@@ -24,6 +24,7 @@ written, so a failed or killed replacement never leaves old brains under a new d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -231,6 +232,7 @@ def write_augmentation(
     shard: Shard = Shard(),
     progress: bool = True,
     replace: bool = False,
+    lock: bool = True,
 ) -> AugmentResult:
     """Generate the brains of ``samples`` that this shard owns and that are not already complete.
 
@@ -247,6 +249,7 @@ def write_augmentation(
         progress: show a progress bar.
         replace: when ``out_dir`` holds brains made with other settings, delete them and start again instead of
             raising. Refused together with a shard count above 1 (shards run concurrently).
+        lock: take this shard's lock on ``out_dir`` (:func:`shard_lock_name`); false when the caller holds it.
 
     Raises:
         ValueError: ``out_dir`` holds an augmentation made with other settings (the message lists them) and
@@ -260,7 +263,7 @@ def write_augmentation(
         raise ValueError(
             "replacing a previous augmentation cannot be combined with shards; empty the folder first"
         )
-    with folder_lock(out_dir, name=f".lock-shard-{shard.index}-of-{shard.count}"):
+    with folder_lock(out_dir, name=shard_lock_name(shard)) if lock else contextlib.nullcontext():
         previous = _previous_record(out_dir)
         diffs = _settings_differences(previous, generated_by, samples)
         if diffs and not replace:
@@ -311,6 +314,11 @@ def write_augmentation(
     return AugmentResult(
         out_dir, generated=len(missing), skipped=len(paths) - len(missing), total=len(samples)
     )
+
+
+def shard_lock_name(shard: Shard) -> str:
+    """The lock file of one shard (shards of one augmentation write into one folder concurrently)."""
+    return f".lock-shard-{shard.index}-of-{shard.count}"
 
 
 def _remove_stale_temporaries(paths) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for observer in tuple(_WRITE_OBSERVERS):
+        observer(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -53,6 +55,20 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
             # the previous file under that name is untouched.
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+#: Called with each destination before its file is put in place (see :mod:`flowlet.data.outputs`).
+_WRITE_OBSERVERS: list[Callable[[Path], None]] = []
+
+
+def add_write_observer(observer: Callable[[Path], None]) -> None:
+    """Have ``observer(destination)`` called by every :func:`atomic_path` from now on (before the rename)."""
+    _WRITE_OBSERVERS.append(observer)
+
+
+def remove_write_observer(observer: Callable[[Path], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _WRITE_OBSERVERS.remove(observer)
 
 
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})

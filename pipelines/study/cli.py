@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from pipelines.arguments import (
     bounded_int,
     setup_cli,
 )
+from pipelines.cli import run_cli
 
 logger = logging.getLogger("flowlet.study")
 
@@ -65,6 +65,7 @@ def run(
     import torch
 
     from flowlet.data.io import write_json_atomic
+    from flowlet.data.outputs import output_folder
     from pipelines.study.config import load_study_config
     from pipelines.study.runner import run_stages
     from pipelines.study.stages import build_stages
@@ -74,12 +75,25 @@ def run(
     path = _config_path(config_name)
     config = load_study_config(path)
     study_dir = Path(out)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(study_dir / "study_config.json", {"source": str(path), **config.to_dict()})
+    g = config.generator
+    inputs = [path, config.cohort.path, g.checkpoint, g.train_config, g.config_path, g.condition_ranges_path]
     start = time.perf_counter()
-    results = run_stages(
-        study_dir, build_stages(config), config.to_dict(), force_from=force_from, stop_after=until
-    )
+    # A study reruns into its own folder (unchanged stages are reused); any other non-empty folder is refused.
+    with output_folder(
+        study_dir,
+        command="flowlet-study",
+        inputs=inputs,
+        legacy=lambda folder: (folder / "study_config.json").is_file(),  # a study of an earlier version
+    ):
+        write_json_atomic(study_dir / "study_config.json", {"source": str(path), **config.to_dict()})
+        results = run_stages(
+            study_dir,
+            build_stages(config),
+            config.to_dict(),
+            force_from=force_from,
+            stop_after=until,
+            lock=False,
+        )
     total = time.perf_counter() - start
     for name, result in results.items():
         state = "reused" if result.cached else f"{result.seconds:7.1f} s"
@@ -95,17 +109,18 @@ def _main(argv: Sequence[str] | None, *, demo: bool) -> int:
     prog = "flowlet-demo" if demo else "flowlet-study"
     args = build_parser(prog, demo=demo).parse_args(argv)
     setup_cli(datefmt="%H:%M:%S")
-    try:
-        return run(
+    return run_cli(
+        prog,
+        lambda: run(
             "demo" if demo else args.config,
             args.out,
             force_from=args.force_from,
             until=args.until,
             threads=args.threads,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        ),
+        interrupted="rerun the same command: finished stages are reused",
+        errors=(RuntimeError,),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ configuration changes, its key changes, and so does the key of everything downst
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -95,6 +96,7 @@ def run_stages(
     *,
     force_from: str | None = None,
     stop_after: str | None = None,
+    lock: bool = True,
 ) -> dict[str, StageResult]:
     """Run ``stages`` in order, skipping those whose key matches their finished record.
 
@@ -104,6 +106,7 @@ def run_stages(
         config: the full resolved configuration.
         force_from: rerun this stage and every later one regardless of their records.
         stop_after: stop after this stage.
+        lock: take the study folder's lock (false when the caller holds it, as ``flowlet-study`` does).
 
     Returns:
         The result of every stage that ran or was reused.
@@ -115,7 +118,7 @@ def run_stages(
     study_dir = Path(study_dir)
     results: dict[str, StageResult] = {}
     forcing = False
-    with folder_lock(study_dir):
+    with folder_lock(study_dir) if lock else contextlib.nullcontext():
         for index, stage in enumerate(stages, start=1):
             forcing = forcing or stage.name == force_from
             key = stage_key(stage, config, [results[d].key for d in stage.depends])

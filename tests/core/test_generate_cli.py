@@ -98,9 +98,9 @@ def test_linspace_layout_and_paired_ablations(tmp_path):
     assert all(seeds[("baseline", i)] == seeds[("unconditional", i)] for i in range(3))
 
 
-def test_mni_affine_default_needs_a_known_shape(tmp_path, caplog):
+def test_mni_affine_default_needs_a_known_shape(tmp_path, capsys):
     assert _run(tmp_path / "x", "--generation_conditions", "Age=50", "--num_synthetic", "1") == 2
-    assert "--affine identity" in caplog.text
+    assert "--affine identity" in capsys.readouterr().err
     assert not (tmp_path / "x" / "generation.json").exists()
 
 

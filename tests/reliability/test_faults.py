@@ -255,7 +255,7 @@ def test_full_disk_during_bap_predict_keeps_the_previous_file(cli, tmp_path, bap
     assert cli(bap_predict.main, argv).code == 0
     before = out.read_bytes()
     full_disk(after=0)
-    result = cli(bap_predict.main, argv)
+    result = cli(bap_predict.main, [*argv, "--overwrite"])  # an existing file is replaced only when asked
     assert out.read_bytes() == before and temp_files(tmp_path) == []
     assert result.code == 2
     assert "p.csv: No space left on device" in result.text
