@@ -76,9 +76,8 @@ class RidgeResult:
 
 
 def _join(table: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:
-    rows = table.loc[
-        table.get("source", "real") == "real", [keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE, keys.SPLIT]
-    ]
+    real = table["source"] == "real" if "source" in table.columns else pd.Series(True, index=table.index)
+    rows = table.loc[real, [keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE, keys.SPLIT]]
     rows = rows.astype({keys.SUBJECT_ID: str, keys.SESSION_ID: str})
     if not (wide[keys.SESSION_ID] != "").any():
         # Features keyed by subject only: every session of the subject takes them.
