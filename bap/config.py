@@ -106,8 +106,9 @@ class TrainConfig:
             down to ``eta_min``) or ``constant``.
         epochs: maximum epochs; patience: early-stopping patience on the smoothed validation MAE (0 = never
             stop).
-        val_smoothing: the model is selected on the mean validation MAE of the last this many epochs (1 = the
-            raw MAE), so that one lucky epoch on a few subjects is not taken for progress.
+        val_smoothing: the model is selected on the median validation MAE of the last this many epochs (1 = the
+            raw MAE), so that one lucky epoch on a few subjects is not taken for progress, nor one unstable
+            epoch (a spike of the evaluation-mode batch statistics) for a setback.
         min_delta: an epoch counts as better only if the smoothed MAE drops by more than this (years).
         min_val_subjects: with fewer real validation subjects, validation MAE is too noisy to select a model:
             early stopping is switched off, a warning is logged and the last epoch is kept.

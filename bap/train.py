@@ -1,6 +1,6 @@
 """Brain-age training loop: early stopping on the real validation MAE, exact resume, DDP, bf16 on CUDA.
 
-Model selection and early stopping use the validation MAE averaged over the last ``train.val_smoothing`` epochs and
+Model selection and early stopping use the median validation MAE of the last ``train.val_smoothing`` epochs and
 count only drops larger than ``train.min_delta``; with fewer than ``train.min_val_subjects`` real validation
 subjects the validation MAE is too noisy to choose with, so the run logs a warning, trains every epoch and keeps
 the last. Bias correction is fitted on the validation set and used only when :func:`bap.metrics.decide_bias_correction`
@@ -57,7 +57,7 @@ from flowlet.data.io import write_json_atomic, write_table_atomic, write_text_at
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "train"]
+__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "selection_score", "train"]
 
 
 def seed_everything(seed: int) -> None:
@@ -367,7 +367,7 @@ def train(
         }
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        score = float(np.mean([h["val_mae"] for h in state["history"][-cfg.train.val_smoothing :]]))
+        score = selection_score([h["val_mae"] for h in state["history"]], cfg.train.val_smoothing)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(score)
         else:
@@ -423,6 +423,11 @@ def train(
     if world > 1:
         dist.barrier()
     return _finish(cfg, data, run_dir, state, device, selected_on_val=select_on_val)
+
+
+def selection_score(val_maes: list[float], window: int) -> float:
+    """Median of the last ``window`` validation MAEs: one outlying epoch, lucky or unstable, does not move it."""
+    return float(np.median(val_maes[-window:]))
 
 
 def _validation_can_select(cfg: BapConfig, data: PreparedData, val_idx: np.ndarray) -> bool:

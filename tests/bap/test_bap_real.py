@@ -273,6 +273,14 @@ TINY = {
 }
 
 
+def test_selection_score_ignores_one_outlying_epoch():
+    from bap.train import selection_score
+
+    assert selection_score([9.0, 6.0, 41.0], 3) == 9.0  # an unstable epoch is not a setback
+    assert selection_score([9.0, 2.0, 8.5], 3) == 8.5  # a lucky epoch is not progress
+    assert selection_score([9.0, 2.0], 1) == 2.0
+
+
 def test_small_validation_set_keeps_the_last_epoch_with_a_warning(tiny_real, tmp_path, caplog):
     from bap.train import train
 
