@@ -170,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         if args.resume:
             raise ValueError("--resume continues one run; it cannot be combined with --compare")
+        if args.baseline_features or args.baseline == "ridge":
+            raise ValueError("the ridge baseline is reported for a single run; drop it or --compare")
         ratios = [float(r) for r in args.compare.split(",") if r.strip()]
         result = run_comparison(
             cfg,

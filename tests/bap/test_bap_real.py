@@ -337,6 +337,8 @@ def test_cli_reports_the_ridge_baseline_next_to_the_cnn_and_starts_from_init(tin
     assert bap_train.main([*common, "--out", str(tmp_path / "plain")]) == 0
     assert set(pd.read_csv(tmp_path / "plain" / "results.csv").model) == {"cnn", "mean-age"}
     assert bap_train.main([*common, "--out", str(tmp_path / "x"), "--baseline", "ridge"]) == 2
+    compare = [*common, "--out", str(tmp_path / "c"), "--compare", "0", "--baseline-features", str(features)]
+    assert bap_train.main(compare) == 2  # the baseline is not silently dropped
     # --init from the first run's checkpoint; a wrong architecture is refused before training.
     again = tmp_path / "again"
     assert (
