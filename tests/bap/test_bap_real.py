@@ -27,14 +27,14 @@ SMALL = [4, 4, 8, 8, 8, 4]
 # --- per-scan normalisation -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("background", ["zero", "noisy"])
-@pytest.mark.parametrize("mask", ["auto", "nonzero", "otsu"])
+@pytest.mark.parametrize(
+    ("background", "mask"),
+    [("zero", "auto"), ("zero", "nonzero"), ("zero", "otsu"), ("noisy", "auto"), ("noisy", "otsu")],
+)
 def test_brain_zscore_is_invariant_to_a_per_scan_gain(background, mask):
     scan = phantom_scan(50.0, np.random.default_rng(0))
     if background == "zero":
         scan = np.where(scan > 50.0, scan, 0.0).astype(np.float32)
-    if background == "noisy" and mask == "nonzero":
-        pytest.skip("a noisy background has no zero voxels")
     reference = brain_zscore(scan, mask)
     for gain in (0.3, 3.0, 40.0):
         np.testing.assert_allclose(brain_zscore(scan * gain, mask), reference, atol=1e-4)
