@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bap.models import build_model
+from bap.models import HEADS, build_model
+from bap.sfcn import convert_peng_state_dict
 from flowlet.data.io import atomic_path
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "check_model_fields",
     "get_rng_state",
     "load_checkpoint",
+    "load_init_weights",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -169,3 +171,73 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(int(v) for v in py_state.tolist()), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: Buffers that describe the training cohort (age mean/SD, SFCN bin centres), never taken from other weights.
+_COHORT_BUFFERS = ("age_mean", "age_std", "bin_centers")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ValueError(f"{path}: initial weights not found (download the file first; nothing is fetched)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the initial weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]  # a bap-train checkpoint or a training-script dict
+    if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    return convert_peng_state_dict(payload)
+
+
+def load_init_weights(
+    model: nn.Module, path: str | Path, *, model_name: str, skip_head_mismatch: bool = False
+) -> dict[str, list[str]]:
+    """Start ``model`` from pretrained weights, checking every key and shape first.
+
+    Reads a ``bap-train`` checkpoint, a plain state dict, or the public SFCN weights of Peng et al. 2021
+    (``module.``-prefixed keys of ``nn.DataParallel``, their layer names; see :func:`bap.sfcn.convert_peng_state_dict`)
+    with ``torch.load(weights_only=True)``. Cohort buffers (age mean and SD, SFCN bin centres) stay the model's own.
+
+    Args:
+        model: the freshly built model (its architecture and options must match the weights).
+        path: the weights file.
+        model_name: the registered model name (selects the output layer, :data:`bap.models.HEADS`).
+        skip_head_mismatch: leave the output layer at its initialisation when its shapes differ (e.g. SFCN with
+            other age bins than the UK Biobank model's 40); any other mismatch is still an error.
+
+    Returns:
+        ``{"loaded": [...], "skipped_head": [...]}`` key lists.
+
+    Raises:
+        ValueError: naming the file and the first missing, unexpected or wrongly shaped keys.
+    """
+    path = Path(path)
+    weights = _read_weights(path)
+    own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in _COHORT_BUFFERS}
+    weights = {k: v for k, v in weights.items() if k.rsplit(".", 1)[-1] not in _COHORT_BUFFERS}
+    head = HEADS.get(model_name, "\0")
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
+    skipped = [k for k in wrong if skip_head_mismatch and k.startswith(head)]
+    wrong = [k for k in wrong if k not in skipped]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    if wrong:
+        shapes = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:3]]
+        hint = (
+            " (the output layer: pass --init-skip-head to re-initialise it)"
+            if wrong[0].startswith(head)
+            else ""
+        )
+        problems.append(f"{len(wrong)} shape mismatch(es), e.g. {shapes}{hint}")
+    if problems:
+        raise ValueError(f"{path}: initial weights do not fit model '{model_name}': " + "; ".join(problems))
+    loaded = [k for k in own if k not in skipped]
+    model.load_state_dict({k: weights[k] for k in loaded}, strict=False)
+    return {"loaded": loaded, "skipped_head": skipped}

@@ -62,8 +62,14 @@ class DataConfig:
         synthetic_strategy: ``uniform`` (random subset) or ``balanced`` (fill the age bins where real training
             data are scarcest first).
         synthetic_bin_width: bin width (years) for ``balanced``.
-        normalisation: ``minmax`` (5th pct of per-volume minima, 95th pct of maxima, fitted on the training
-            split, then clipped to [0, 1], spec §9.2), ``zscore`` (per volume, spec §9.1) or ``none``.
+        normalisation: ``brain_zscore`` (default: each scan on its own, ``(x - mean) / sd`` of its voxels inside
+            a brain mask, so a scanner gain or offset cancels and no statistic crosses scans), ``minmax`` (5th pct
+            of per-volume minima, 95th pct of maxima, fitted on the training split, then clipped to [0, 1], spec
+            §9.2; the pre-0.2 default, which lets a network learn uncalibrated scanners), ``zscore`` (per volume
+            over all voxels, spec §9.1) or ``none``.
+        brain_mask: the mask of ``brain_zscore``: ``auto`` (the non-zero voxels when the scan has a zero
+            background, as skull-stripped or template-space scans do, else an Otsu threshold), ``nonzero`` or
+            ``otsu``.
         low_percentile, high_percentile: percentiles for ``minmax``.
         augment: random left-right flip and ±``shift_voxels`` integer shifts on training images.
         shift_voxels: maximum shift for augmentation.
@@ -78,7 +84,8 @@ class DataConfig:
     synthetic_ratio: float = 0.0
     synthetic_strategy: str = "uniform"
     synthetic_bin_width: float = 10.0
-    normalisation: str = "minmax"
+    normalisation: str = "brain_zscore"
+    brain_mask: str = "auto"
     low_percentile: float = 5.0
     high_percentile: float = 95.0
     augment: bool = False
@@ -94,9 +101,21 @@ class TrainConfig:
         loss: ``l1`` or ``sfcn_kl`` (SFCN only).
         optimizer: ``adamw`` or ``sgd``.
         lr, weight_decay, momentum: optimiser settings (momentum for SGD).
-        schedule: ``cosine`` (to ``eta_min`` over ``epochs``), ``cosine_restarts`` (``t_0``, ``t_mult``) or
-            ``constant``.
-        epochs: maximum epochs; patience: early-stopping patience on the validation MAE (0 = never stop).
+        schedule: ``cosine`` (to ``eta_min`` over ``epochs``), ``cosine_restarts`` (``t_0``, ``t_mult``),
+            ``plateau`` (divide by 10 after ``plateau_patience`` epochs without a better smoothed validation MAE,
+            down to ``eta_min``) or ``constant``.
+        epochs: maximum epochs; patience: early-stopping patience on the smoothed validation MAE (0 = never
+            stop).
+        val_smoothing: the model is selected on the median validation MAE of the last this many epochs (1 = the
+            raw MAE), so that one lucky epoch on a few subjects is not taken for progress, nor one unstable
+            epoch (a spike of the evaluation-mode batch statistics) for a setback.
+        min_delta: an epoch counts as better only if the smoothed MAE drops by more than this (years).
+        min_val_subjects: with fewer real validation subjects, validation MAE is too noisy to select a model:
+            early stopping is switched off, a warning is logged and the last epoch is kept.
+        init: start from these weights (a ``bap-train`` checkpoint, a state dict, or the public UK Biobank SFCN
+            file with ``module.`` keys); ``None`` = random initialisation.
+        init_skip_head: with ``init``, leave the output layer at its random initialisation when its shape
+            differs (e.g. other age bins); every other mismatch is still an error.
         batch_size, eval_batch_size: per-process batch sizes.
         seed: seeds initialisation, data order and augmentation.
         bf16: bf16 autocast when running on CUDA (ignored on CPU).
@@ -126,6 +145,12 @@ class TrainConfig:
     num_threads: int = 0
     save_every: int = 0
     epoch_size: str = "all"
+    plateau_patience: int = 5
+    val_smoothing: int = 3
+    min_delta: float = 0.05
+    min_val_subjects: int = 20
+    init: str | None = None
+    init_skip_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,9 +184,10 @@ _SECTIONS: dict[str, type] = {
 _CHOICES = {
     ("train", "loss"): ("l1", "sfcn_kl"),
     ("train", "optimizer"): ("adamw", "sgd"),
-    ("train", "schedule"): ("cosine", "cosine_restarts", "constant"),
+    ("train", "schedule"): ("cosine", "cosine_restarts", "plateau", "constant"),
     ("train", "epoch_size"): ("all", "real"),
-    ("data", "normalisation"): ("minmax", "zscore", "none"),
+    ("data", "normalisation"): ("brain_zscore", "minmax", "zscore", "none"),
+    ("data", "brain_mask"): ("auto", "nonzero", "otsu"),
     ("data", "synthetic_strategy"): ("uniform", "balanced"),
 }
 
@@ -215,8 +241,8 @@ def _validate(cfg: BapConfig) -> None:
         raise ValueError(f"config data.synthetic_ratio = {cfg.data.synthetic_ratio}; expected >= 0")
     if cfg.train.loss == "sfcn_kl" and cfg.model.name != "sfcn":
         raise ValueError(f"config train.loss = 'sfcn_kl' needs model.name = 'sfcn', got {cfg.model.name!r}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise ValueError("config train.epochs and train.batch_size must be >= 1")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_smoothing < 1:
+        raise ValueError("config train.epochs, train.batch_size and train.val_smoothing must be >= 1")
 
 
 def _section(cls: type, values: Any, name: str) -> Any:

@@ -4,8 +4,9 @@ Rules this module enforces (and :func:`check_no_leakage` verifies):
 
 * the real cohort is split by subject (all sessions of a subject land in one split);
 * synthetic scans only ever enter the training split; validation and test are real only;
-* intensity statistics are fitted on the training split only (real + synthetic training scans) and returned so
-  that they are saved with the model and reused unchanged for prediction.
+* intensity normalisation uses nothing but the scan itself (``brain_zscore``, the default: mean and SD inside
+  the scan's brain mask), or statistics fitted on the training split only (``minmax``: real + synthetic training
+  scans); either way the settings are returned, saved with the model and reused unchanged for prediction.
 
 Images are read once into plain float32 arrays (optionally cached on disk as ``.npy``, read without pickle).
 """
@@ -36,10 +37,13 @@ __all__ = [
     "PreparedData",
     "apply_normalisation",
     "assign_splits",
+    "brain_zscore",
     "check_no_leakage",
     "fit_normalisation",
     "load_arrays",
+    "otsu_threshold",
     "prepare_data",
+    "scan_brain_mask",
     "select_synthetic",
 ]
 
@@ -220,13 +224,58 @@ def load_arrays(
     return np.stack(arrays)
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance of a histogram."""
+    counts, edges = np.histogram(np.asarray(values, np.float64), bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    mass_low = np.cumsum(counts * centres)
+    mean_low = mass_low / np.maximum(weight_low, 1)
+    mean_high = (mass_low[-1] - mass_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][np.argmax(between[:-1])])
+
+
+def scan_brain_mask(image: np.ndarray, kind: str = "auto") -> np.ndarray:
+    """Boolean brain mask of one ``(X, Y, Z)`` scan from its own voxels.
+
+    ``nonzero``: voxels that differ from 0 (skull-stripped or template-space scans). ``otsu``: voxels above Otsu's
+    threshold (head scans with noisy background). ``auto``: ``nonzero`` when at least 5 % and at most 95 % of the
+    voxels are non-zero, else ``otsu``. Both masks are unchanged when the scan is multiplied by a positive gain.
+    """
+    x = np.asarray(image)
+    nonzero = x != 0
+    if kind == "nonzero" or (kind == "auto" and 0.05 <= nonzero.mean() <= 0.95):
+        mask = nonzero
+    elif kind in ("otsu", "auto"):
+        mask = x > otsu_threshold(x.ravel())
+    else:
+        raise ValueError(f"unknown brain mask '{kind}'; choose from ['auto', 'nonzero', 'otsu']")
+    return mask if mask.sum() >= 2 else np.ones_like(nonzero)
+
+
+def brain_zscore(image: np.ndarray, mask_kind: str = "auto") -> np.ndarray:
+    """``(x - mean) / sd`` of one ``(X, Y, Z)`` scan, mean and SD taken over its brain mask only.
+
+    The same affine map is applied to every voxel, so the background keeps one constant value. Only this scan's
+    voxels are used: nothing is fitted across scans, so a test scan cannot leak into training statistics, and a
+    per-scan gain (uncalibrated scanners) cancels.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    inside = x[scan_brain_mask(x, mask_kind)]
+    return ((x - inside.mean()) / max(float(inside.std()), 1e-8)).astype(np.float32)
+
+
 def fit_normalisation(train_images: np.ndarray, cfg: DataConfig) -> dict[str, Any]:
-    """Fit intensity statistics on training images ``(N, X, Y, Z)`` only (spec §9.2 min-max).
+    """Normalisation settings; for ``minmax``, statistics of the training images ``(N, X, Y, Z)`` only.
 
     Returns:
-        ``{"kind", "low", "high"}`` (plain floats, saved in checkpoints).
+        ``{"kind", "low", "high", "brain_mask"}`` (plain floats and strings, saved in checkpoints).
     """
     stats: dict[str, Any] = {"kind": cfg.normalisation, "low": 0.0, "high": 1.0}
+    if cfg.normalisation == "brain_zscore":
+        stats["brain_mask"] = cfg.brain_mask
     if cfg.normalisation == "minmax":
         flat = train_images.reshape(train_images.shape[0], -1)
         low = float(np.percentile(flat.min(axis=1), cfg.low_percentile))
@@ -238,9 +287,14 @@ def fit_normalisation(train_images: np.ndarray, cfg: DataConfig) -> dict[str, An
 
 
 def apply_normalisation(images: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
-    """Normalise ``(N, X, Y, Z)`` (or one ``(X, Y, Z)``) images with statistics from :func:`fit_normalisation`."""
+    """Normalise ``(N, X, Y, Z)`` (or one ``(X, Y, Z)``) images with settings from :func:`fit_normalisation`."""
     kind = stats["kind"]
     x = np.asarray(images, dtype=np.float32)
+    if kind == "brain_zscore":
+        mask_kind = stats.get("brain_mask", "auto")
+        if x.ndim == 3:
+            return brain_zscore(x, mask_kind)
+        return np.stack([brain_zscore(scan, mask_kind) for scan in x]) if len(x) else x
     if kind == "minmax":
         return np.clip((x - stats["low"]) / (stats["high"] - stats["low"]), 0.0, 1.0).astype(np.float32)
     if kind == "zscore":
@@ -250,7 +304,9 @@ def apply_normalisation(images: np.ndarray, stats: dict[str, Any]) -> np.ndarray
         return ((x - mean) / np.maximum(std, 1e-8)).astype(np.float32)
     if kind == "none":
         return x
-    raise ValueError(f"unknown normalisation '{kind}'; choose from ['minmax', 'none', 'zscore']")
+    raise ValueError(
+        f"unknown normalisation '{kind}'; choose from ['brain_zscore', 'minmax', 'none', 'zscore']"
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ scans do not narrow the confidence intervals. The brain-age gap is ``pred - age`
 
 Bias correction (the regression-to-the-mean effect of brain-age models) follows the common linear form: fit
 ``pred = slope * age + intercept`` on the validation set, then ``pred_corrected = (pred - intercept) / slope``.
+:func:`decide_bias_correction` refuses a fit that would do harm: too few subjects, a slope near 0 (dividing by it
+blows predictions up), too narrow an age range, or a correction that raises the validation MAE.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from scipy import stats
 
 __all__ = [
     "BiasCorrection",
+    "BiasDecision",
     "BootstrapCI",
     "PairedTest",
     "age_bin_labels",
     "bootstrap_ci",
+    "decide_bias_correction",
     "fit_bias_correction",
     "mae",
     "paired_error_test",
@@ -109,6 +113,79 @@ def fit_bias_correction(age: np.ndarray, pred: np.ndarray, *, min_slope: float =
     if slope < min_slope:
         raise ValueError(f"bias-correction slope {slope:.3g} < {min_slope}: predictions do not follow age")
     return BiasCorrection(slope=float(slope), intercept=float(intercept))
+
+
+@dataclass(frozen=True)
+class BiasDecision:
+    """Whether a bias correction is used, and why.
+
+    Attributes:
+        correction: the correction to apply, or ``None`` when it is refused.
+        fitted: the least-squares fit, when one could be made (also when refused, for the record).
+        reason: ``"used"`` or why it was refused.
+        n: subjects the fit saw; age_range: their age range (years).
+        mae: MAE of the fitting predictions without / with the fitted correction (NaN when not fitted).
+    """
+
+    correction: BiasCorrection | None
+    fitted: BiasCorrection | None
+    reason: str
+    n: int
+    age_range: float
+    mae: float
+    mae_corrected: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "used": self.correction is not None,
+            "reason": self.reason,
+            "n": self.n,
+            "age_range_years": self.age_range,
+            "fitted": self.fitted.to_dict() if self.fitted else None,
+            "mae": self.mae,
+            "mae_corrected": self.mae_corrected,
+        }
+
+
+def decide_bias_correction(
+    age: np.ndarray,
+    pred: np.ndarray,
+    *,
+    min_n: int = 20,
+    min_slope: float = 0.3,
+    min_age_range: float = 20.0,
+) -> BiasDecision:
+    """Fit a bias correction and keep it only when the fit can be trusted.
+
+    Refused (``correction is None``, with the reason) when: fewer than ``min_n`` subjects; an age range under
+    ``min_age_range`` years; a fitted slope under ``min_slope`` (a model that barely follows age: dividing by a
+    small slope multiplies its noise, e.g. a slope of 0.014 turned a 15-year MAE into 54); or when the correction
+    raises the MAE on the very data it was fitted on.
+
+    Args:
+        age, pred: ``(N,)`` ages and predictions of the fitting set (validation subjects).
+        min_n, min_slope, min_age_range: the refusal thresholds.
+    """
+    age, pred = _pair(age, pred)
+    age_range = float(np.ptp(age))
+    nan = float("nan")
+
+    def refuse(reason: str, fitted: BiasCorrection | None = None, corrected: float = nan) -> BiasDecision:
+        return BiasDecision(None, fitted, reason, int(age.size), age_range, mae(age, pred), corrected)
+
+    if age.size < min_n:
+        return refuse(f"{age.size} subjects < {min_n}")
+    if age_range < min_age_range:
+        return refuse(f"age range {age_range:.1f} y < {min_age_range:g} y")
+    fitted = fit_bias_correction(age, pred, min_slope=-np.inf)
+    if fitted.slope < min_slope:
+        return refuse(f"slope {fitted.slope:.3g} < {min_slope:g}", fitted)
+    corrected = mae(age, fitted.apply(pred))
+    if corrected > mae(age, pred):
+        return refuse(
+            f"raises the MAE of its own fit ({mae(age, pred):.2f} -> {corrected:.2f})", fitted, corrected
+        )
+    return BiasDecision(fitted, fitted, "used", int(age.size), age_range, mae(age, pred), corrected)
 
 
 def regression_summary(age: np.ndarray, pred: np.ndarray) -> dict[str, float]:

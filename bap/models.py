@@ -23,7 +23,7 @@ from torch import nn
 
 from bap.sfcn import SFCN
 
-__all__ = ["MODELS", "AgeRegressor", "SmallCNN", "build_model", "model_names"]
+__all__ = ["HEADS", "MODELS", "AgeRegressor", "SmallCNN", "build_model", "model_names"]
 
 
 class AgeRegressor(nn.Module):
@@ -124,6 +124,16 @@ _AGE_KEYS = {
     "resnet": ("age_mean", "age_std"),
     "sfcn": ("age_range",),
     "small": ("age_mean", "age_std"),
+}
+
+
+#: name -> state-dict key prefix of the output layer (the part that may be re-initialised when starting from
+#: weights trained for other outputs, e.g. other SFCN age bins).
+HEADS: dict[str, str] = {
+    "densenet121": "backbone.class_layers.out.",
+    "resnet": "backbone.fc.",
+    "sfcn": "classifier.",
+    "small": "backbone.head.",
 }
 
 

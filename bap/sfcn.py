@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SFCN", "soft_age_labels"]
+__all__ = ["SFCN", "convert_peng_state_dict", "soft_age_labels"]
 
 
 def soft_age_labels(age: torch.Tensor, bin_centers: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -99,3 +99,30 @@ class SFCN(nn.Module):
         """Mean KL divergence between Gaussian soft labels of ``age`` ``(B,)`` and ``log_probs`` ``(B, K)``."""
         target = soft_age_labels(age.float(), self.bin_centers, self.sigma)
         return F.kl_div(log_probs, target, reduction="batchmean")
+
+
+def _peng_key(key: str) -> str:
+    """``feature_extractor.conv_{i}.{j}.*`` / ``classifier.conv_6.*`` (Peng et al.'s names) -> this module's."""
+    parts = key.split(".")
+    if parts[0] == "feature_extractor" and len(parts) >= 4 and parts[1].startswith("conv_"):
+        block, layer = int(parts[1][5:]), int(parts[2])
+        if layer not in (0, 1):  # 0: convolution, 1: batch norm; pooling and ReLU have no weights
+            return key
+        return ".".join(["features", str(4 * block + layer), *parts[3:]])
+    if parts[0] == "classifier" and len(parts) >= 3 and parts[1].startswith("conv_"):
+        return ".".join(["classifier", "2", *parts[2:]])
+    return key
+
+
+def convert_peng_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of the public SFCN weights (Peng et al. 2021, ``module.``-prefixed, e.g. the UK Biobank
+    model with 40 one-year bins over 42–82 y) to :class:`SFCN`'s; keys in this module's naming pass unchanged.
+
+    The original classifier pools with a fixed ``[5, 6, 5]`` kernel (no weights); here the pool is adaptive, which
+    gives the same result on 160×192×160 inputs.
+    """
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        out[_peng_key(key)] = value
+    return out

@@ -1,5 +1,11 @@
 """Brain-age training loop: early stopping on the real validation MAE, exact resume, DDP, bf16 on CUDA.
 
+Model selection and early stopping use the median validation MAE of the last ``train.val_smoothing`` epochs and
+count only drops larger than ``train.min_delta``; with fewer than ``train.min_val_subjects`` real validation
+subjects the validation MAE is too noisy to choose with, so the run logs a warning, trains every epoch and keeps
+the last. Bias correction is fitted on the validation set and used only when :func:`bap.metrics.decide_bias_correction`
+trusts it; ``summary.json`` says which, and every split reports the MAE with and without it.
+
 Run folder layout (only rank 0 writes)::
 
     config.yaml        resolved configuration
@@ -39,6 +45,7 @@ from bap.checkpoint import (
     build_from_checkpoint,
     get_rng_state,
     load_checkpoint,
+    load_init_weights,
     save_checkpoint,
     set_rng_state,
 )
@@ -50,7 +57,7 @@ from flowlet.data.io import write_json_atomic, write_table_atomic, write_text_at
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "train"]
+__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "selection_score", "train"]
 
 
 def seed_everything(seed: int) -> None:
@@ -177,6 +184,15 @@ def _scheduler(cfg: BapConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_sch
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             opt, T_0=t.t_0, T_mult=t.t_mult, eta_min=t.eta_min
         )
+    if t.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            factor=0.1,
+            patience=t.plateau_patience,
+            threshold=t.min_delta,
+            threshold_mode="abs",
+            min_lr=t.eta_min,
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _epoch: 1.0)
 
 
@@ -240,6 +256,18 @@ def train(
         **{k: model_kwargs[k] for k in ("age_mean", "age_std", "age_range")},
         options=model_kwargs["options"],
     ).to(device)
+    resuming = resume and (run_dir / "last.pt").is_file()
+    if cfg.train.init and not resuming:
+        keys_ = load_init_weights(
+            model, cfg.train.init, model_name=cfg.model.name, skip_head_mismatch=cfg.train.init_skip_head
+        )
+        logger.info(
+            "initial weights from %s: %d tensors loaded, output layer re-initialised: %s",
+            cfg.train.init,
+            len(keys_["loaded"]),
+            keys_["skipped_head"] or "no",
+        )
+    select_on_val = _validation_can_select(cfg, data, val_idx)
     objective: nn.Module = AgeObjective(model, cfg.train.loss)
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(
@@ -271,7 +299,14 @@ def train(
         "split": _split_info(data),
         "image_shape": list(data.images.shape[1:]),
     }
-    state = {"epoch": 0, "best_val_mae": float("inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state = {
+        "epoch": 0,
+        "best_val_mae": float("inf"),
+        "best_score": float("inf"),
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+    }
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if resume and last_path.is_file():
         saved = load_checkpoint(last_path)
@@ -279,7 +314,7 @@ def train(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, state[k]) for k in state}
         logger.info("resumed %s at epoch %d", last_path, state["epoch"])
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +325,7 @@ def train(
         else min(cfg.train.epochs, state["epoch"] + stop_after_epochs)
     )
     for epoch in range(state["epoch"], end):
-        if cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:
+        if select_on_val and cfg.train.patience and state["bad_epochs"] >= cfg.train.patience:
             break
         start = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -314,7 +349,6 @@ def train(
             errors.append(torch.abs(pred.detach().float() - age).cpu())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         lr = opt.param_groups[0]["lr"]
-        sched.step()
         val_pred = predict_images(
             model,
             data.images[val_idx],
@@ -333,9 +367,14 @@ def train(
         }
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        improved = val_mae < state["best_val_mae"] - 1e-9
+        score = selection_score([h["val_mae"] for h in state["history"]], cfg.train.val_smoothing)
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(score)
+        else:
+            sched.step()
+        improved = not select_on_val or score < state["best_score"] - max(cfg.train.min_delta, 1e-9)
         if improved:
-            state.update(best_val_mae=val_mae, best_epoch=epoch + 1, bad_epochs=0)
+            state.update(best_val_mae=val_mae, best_score=score, best_epoch=epoch + 1, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
         logger.info(
@@ -383,11 +422,36 @@ def train(
             write_table_atomic(run_dir / "metrics.csv", pd.DataFrame(state["history"]))
     if world > 1:
         dist.barrier()
-    return _finish(cfg, data, run_dir, state, device)
+    return _finish(cfg, data, run_dir, state, device, selected_on_val=select_on_val)
+
+
+def selection_score(val_maes: list[float], window: int) -> float:
+    """Median of the last ``window`` validation MAEs: one outlying epoch, lucky or unstable, does not move it."""
+    return float(np.median(val_maes[-window:]))
+
+
+def _validation_can_select(cfg: BapConfig, data: PreparedData, val_idx: np.ndarray) -> bool:
+    n_val = data.table.iloc[val_idx][keys.SUBJECT_ID].nunique()
+    if n_val >= cfg.train.min_val_subjects:
+        return True
+    logger.warning(
+        "only %d real validation subjects (< train.min_val_subjects = %d): their MAE is too noisy to select a "
+        "model, so early stopping is off and the last of %d epochs is kept",
+        n_val,
+        cfg.train.min_val_subjects,
+        cfg.train.epochs,
+    )
+    return False
 
 
 def _finish(
-    cfg: BapConfig, data: PreparedData, run_dir: Path, state: dict[str, Any], device: torch.device
+    cfg: BapConfig,
+    data: PreparedData,
+    run_dir: Path,
+    state: dict[str, Any],
+    device: torch.device,
+    *,
+    selected_on_val: bool = True,
 ) -> TrainResult:
     payload = load_checkpoint(run_dir / "best.pt")
     model = build_from_checkpoint(payload).to(device)
@@ -398,12 +462,8 @@ def _finish(
     frame = table[[keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE]].copy()
     frame["pred"] = pred
     val = (table[keys.SPLIT] == "val").to_numpy() & (table[SOURCE] == "real").to_numpy()
-    correction = None
-    if val.sum() >= 2:
-        try:
-            correction = metrics.fit_bias_correction(frame[keys.AGE][val], pred[val])
-        except ValueError as exc:
-            logger.warning("no bias correction: %s", exc)
+    decision = _bias_decision(frame[keys.AGE].to_numpy(float)[val], pred[val])
+    correction = decision.correction if decision else None
     frame["pred_corrected"] = correction.apply(pred) if correction else pred
     frame[keys.SPLIT] = table[keys.SPLIT].to_numpy()
     frame[SOURCE] = table[SOURCE].to_numpy()
@@ -411,9 +471,12 @@ def _finish(
         "best_epoch": state["best_epoch"],
         "best_val_mae": state["best_val_mae"],
         "epochs_run": state["epoch"],
+        "selection": "smoothed validation MAE" if selected_on_val else "last epoch",
         "bias_correction": correction.to_dict() if correction else None,
-        "splits": _split_metrics(frame),
+        "bias_correction_check": decision.to_dict() if decision else None,
+        "splits": _split_metrics(frame, decision.fitted if decision else None),
     }
+    _warn_if_correction_hurts(summary)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         save_checkpoint(run_dir / "best.pt", {**payload, "bias_correction": summary["bias_correction"]})
@@ -434,7 +497,33 @@ def _finish(
     return TrainResult(run_dir, state["best_epoch"], state["best_val_mae"], frame, summary)
 
 
-def _split_metrics(frame: pd.DataFrame) -> dict[str, Any]:
+def _bias_decision(age: np.ndarray, pred: np.ndarray) -> metrics.BiasDecision | None:
+    if age.size < 2:
+        return None
+    decision = metrics.decide_bias_correction(age, pred)
+    if decision.correction is None:
+        logger.warning("bias correction not used: %s", decision.reason)
+    else:
+        logger.info(
+            "bias correction used: slope %.3f, intercept %.2f (%d validation subjects)",
+            decision.correction.slope,
+            decision.correction.intercept,
+            decision.n,
+        )
+    return decision
+
+
+def _warn_if_correction_hurts(summary: dict[str, Any]) -> None:
+    test = summary["splits"].get("test")
+    if summary["bias_correction"] and test and test["mae_corrected"] > test["mae"]:
+        logger.warning(
+            "bias correction raised the test MAE from %.2f to %.2f; both are in summary.json",
+            test["mae"],
+            test["mae_corrected"],
+        )
+
+
+def _split_metrics(frame: pd.DataFrame, fitted: metrics.BiasCorrection | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     real = frame[frame[SOURCE] == "real"]
     for split, rows in real.groupby(keys.SPLIT):
@@ -443,4 +532,7 @@ def _split_metrics(frame: pd.DataFrame) -> dict[str, Any]:
         out[str(split)] = metrics.regression_summary(rows[keys.AGE], rows["pred"])
         corrected = metrics.regression_summary(rows[keys.AGE], rows["pred_corrected"])
         out[str(split)].update({f"{k}_corrected": v for k, v in corrected.items() if k != "n"})
+        if fitted is not None and fitted.slope > 0:
+            # What the fitted correction would give, used or not: the cost of the decision is visible.
+            out[str(split)]["mae_if_corrected"] = metrics.mae(rows[keys.AGE], fitted.apply(rows["pred"]))
     return out

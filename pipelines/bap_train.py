@@ -6,6 +6,10 @@ Example::
     bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --config paper --out runs/paper-0.5
     bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/compare
     torchrun --nproc-per-node 2 -m pipelines.bap_train --real data/real --config paper --out runs/ddp
+
+Next to the CNN, a ridge regression on region volumes is fitted on the same training subjects (``--baseline``):
+from ``--baseline-features`` (a volumes table) or, when the scans are on an MNI grid, from region volumes measured
+here (``analysis`` volumetrics); ``results.csv`` lists both with the mean-age predictor.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ _EXAMPLE = """examples:
   bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --out runs/r0.5
   bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/cmp
   bap-train --real data/real --config demo --set train.lr=3e-3 --set model.options.channels=[8,16,32] --out r
+  bap-train --real prep --config default --init ukb_sfcn.p --init-skip-head --out runs/sfcn-ukb
+  bap-train --real prep --config cpu-4mm --baseline-features regions/volumes.tsv --out runs/with-ridge
 """
 
 
@@ -82,6 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="train again into a folder that holds an earlier run (its files are replaced; without it such a "
         "folder is refused: use --resume to continue it)",
     )
+    p.add_argument(
+        "--normalisation",
+        choices=["brain_zscore", "minmax", "zscore", "none"],
+        help="override data.normalisation (default brain_zscore: per scan, inside its brain mask)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="PATH",
+        help="start from these weights: a bap-train checkpoint, a state dict or the public SFCN file "
+        "(module.-prefixed keys); a local file, nothing is downloaded",
+    )
+    p.add_argument(
+        "--init-skip-head",
+        action="store_true",
+        help="with --init, re-initialise the output layer when its shape differs (e.g. other SFCN age bins)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=["auto", "ridge", "none"],
+        default="auto",
+        help="ridge regression on region volumes next to the CNN: 'auto' (default) when --baseline-features is "
+        "given or the scans are on an MNI grid, 'ridge' always (an error if no volumes), 'none'",
+    )
+    p.add_argument(
+        "--baseline-features",
+        metavar="TABLE",
+        help="per-scan features for the baseline (CSV/TSV): wide (subject_id or participant_id, [session_id], "
+        "numeric columns) or tidy region volumes (region, tissue, volume_mm3), e.g. flowlet-eval regions' volumes",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -120,6 +155,9 @@ def build_config(args: argparse.Namespace):
         ("train", "epochs"): args.epochs,
         ("train", "seed"): args.seed,
         ("data", "split_column"): args.split_column,
+        ("data", "normalisation"): getattr(args, "normalisation", None),
+        ("train", "init"): getattr(args, "init", None),
+        ("train", "init_skip_head"): True if getattr(args, "init_skip_head", False) else None,
     }
     for (section, key), value in flags.items():
         if value is not None:
@@ -153,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     test = load_cohort(args.test).table if args.test else None
     if args.compare and args.resume:
         raise ValueError("--resume continues one run; it cannot be combined with --compare")
+    if args.compare and (args.baseline_features or args.baseline == "ridge"):
+        raise ValueError("the ridge baseline is reported for a single run; drop it or --compare")
     with output_folder(
         args.out,
         command="bap-train",
@@ -188,7 +228,9 @@ def _train(args: argparse.Namespace, cfg, real, synthetic, test) -> int:
         logger.info("comparison written to %s\n%s", result.out_dir, result.summary.to_string(index=False))
         return 0
     data = prepare_data(real, cfg.data, synthetic=synthetic, test=test)
+    features = _baseline_features(args, data)
     result = train(cfg, data, args.out, resume=args.resume, progress=not args.no_progress)
+    _report_baseline(result, data, features)
     test_metrics = result.summary["splits"].get("test", {})
     logger.info(
         "best epoch %d, val MAE %.3f, test MAE %s -> %s",
@@ -198,6 +240,103 @@ def _train(args: argparse.Namespace, cfg, real, synthetic, test) -> int:
         result.run_dir,
     )
     return 0
+
+
+def _read_table(path: str):
+    import pandas as pd
+
+    sep = "\t" if Path(path).suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        return pd.read_csv(
+            path, sep=sep, dtype={c: str for c in ("subject_id", "session_id", "participant_id")}
+        )
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the baseline features ({exc})") from exc
+
+
+def _on_mni_grid(path: str):
+    from flowlet.data.cohort import read_image
+    from flowlet.data.grid import mni_grid, same_grid
+
+    volume = read_image(path)
+    for size in (1.0, 2.0, 4.0):
+        grid = mni_grid(size)
+        if same_grid(volume.affine, volume.data.shape, grid.affine, tuple(grid.shape)):
+            return grid
+    return None
+
+
+def _measured_volumes(data, grid):
+    """Harvard-Oxford GM/WM/CSF volumes of every real scan (the scans are in MNI space: no registration)."""
+    import pandas as pd
+
+    from analysis.volumetrics import RegionVolumetrics
+    from flowlet.data import keys
+    from flowlet.data.cohort import read_image
+
+    real = data.table[data.table["source"] == "real"].reset_index(drop=True)
+    vol = RegionVolumetrics("harvard-oxford", grid=grid, registration="none").fit()
+    logger.info("baseline: measuring region volumes of %d scans (Harvard-Oxford, no registration)", len(real))
+    tidy = vol.transform(
+        [read_image(p) for p in real[keys.PATH]], subject_ids=[str(i) for i in range(len(real))]
+    )
+    row = tidy[keys.SUBJECT_ID].astype(int).to_numpy()
+    tidy[keys.SUBJECT_ID] = real[keys.SUBJECT_ID].astype(str).to_numpy()[row]
+    tidy[keys.SESSION_ID] = real[keys.SESSION_ID].astype(str).to_numpy()[row]
+    return pd.DataFrame(tidy)
+
+
+def _baseline_features(args: argparse.Namespace, data):
+    """The baseline's features (a table), or ``None`` when the baseline is off or cannot be computed."""
+    import os
+
+    from flowlet.data import keys
+
+    mode = getattr(args, "baseline", "none")
+    if mode == "none" or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return None
+    if args.baseline_features:
+        return _read_table(args.baseline_features)
+    grid = _on_mni_grid(str(data.table[keys.PATH].iloc[0]))
+    if grid is None:
+        if mode == "ridge":
+            raise ValueError("--baseline ridge: the scans are not on an MNI grid; give --baseline-features")
+        logger.info("baseline: scans not on an MNI grid and no --baseline-features; no ridge baseline")
+        return None
+    return _measured_volumes(data, grid)
+
+
+def _report_baseline(result, data, features) -> None:
+    """Fit the ridge baseline on the run's training subjects; write its predictions and ``results.csv``."""
+    import os
+
+    from bap.baseline import fit_ridge_baseline, results_table
+    from flowlet.data import keys
+    from flowlet.data.io import write_json_atomic, write_table_atomic
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    real = result.predictions[result.predictions["source"] == "real"]
+    frames = {"cnn": real}
+    if features is not None:
+        ridge = fit_ridge_baseline(data.table, features)
+        write_table_atomic(result.run_dir / "baseline_predictions.csv", ridge.predictions)
+        frames["ridge"] = ridge.predictions
+        result.summary["baseline"] = {
+            "model": "StandardScaler + RidgeCV",
+            "alpha": ridge.alpha,
+            "n_features": ridge.n_features,
+            "scans_without_features": ridge.missing,
+        }
+    train_mean = float(real.loc[real[keys.SPLIT] == "train", keys.AGE].mean())
+    table = results_table(frames, train_mean)
+    write_table_atomic(result.run_dir / "results.csv", table)
+    result.summary["results_mae_years"] = {
+        model: dict(zip(rows[keys.SPLIT], rows["mae_years"]))
+        for model, rows in table.groupby("model", sort=False)
+    }
+    write_json_atomic(result.run_dir / "summary.json", result.summary)
+    logger.info("results (MAE, years):\n%s", table.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

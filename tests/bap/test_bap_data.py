@@ -42,7 +42,7 @@ def test_no_leakage_between_splits_and_sources(tiny_real, tiny_synthetic):
 
 def test_normalisation_ignores_val_and_test_images(tiny_real):
     real = load_cohort(tiny_real).table
-    cfg = DataConfig(split_seed=1)
+    cfg = DataConfig(split_seed=1, normalisation="minmax")  # the one kind fitted across scans
     base = prepare_data(real, cfg)
     # Make every held-out scan 100x brighter: the fitted statistics must not move.
     held_out = set(base.table.loc[base.table.split != "train", "subject_id"])
@@ -62,7 +62,9 @@ def test_minmax_uses_percentiles_of_per_volume_extremes():
     images = np.stack([np.full((2, 2, 2), v, np.float32) for v in range(11)])
     images[:, 0, 0, 0] = np.arange(11) - 10.0  # minima -10..0
     images[:, 1, 1, 1] = np.arange(11) + 100.0  # maxima 100..110
-    stats = fit_normalisation(images, DataConfig(low_percentile=10, high_percentile=90))
+    stats = fit_normalisation(
+        images, DataConfig(normalisation="minmax", low_percentile=10, high_percentile=90)
+    )
     assert stats["low"] == pytest.approx(-9.0) and stats["high"] == pytest.approx(109.0)
     out = apply_normalisation(images, stats)
     assert out.min() == 0.0 and out.max() == 1.0

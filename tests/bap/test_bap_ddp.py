@@ -54,6 +54,7 @@ def test_torchrun_two_cpu_processes(tiny_real, tmp_path):
         "last.pt",
         "metrics.csv",
         "predictions.csv",
+        "results.csv",
         "summary.json",
         "test_metrics.csv",
     ]
