@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         command="flowlet-augment",
         inputs=inputs,
         overwrite=args.overwrite,
-        lock=shard_lock_name(parse_shard(args.shard)),
+        lock=shard_lock_name(parse_shard(options.shard)),
         legacy=_is_augmentation,
     ) as folder:
         # Replacing earlier brains deletes their subject folders: only in a folder this command wrote.
