@@ -288,10 +288,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # ------------------------------------------------------------------------------------------ quality gate
 def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     """The ``--gate-*`` flags: reject synthetic brains that do not look their requested age, and resample."""
@@ -449,3 +445,7 @@ def _volume_check(reference: str, tolerance: float, affine):
         return reasons
 
     return check
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
