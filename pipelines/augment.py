@@ -136,7 +136,7 @@ class AugmentOptions:
     gate_bap: str | None = None
     gate_age_tolerance: float = 10.0
     gate_volumes: str | None = None
-    gate_volume_tolerance: float = 0.25
+    gate_volume_tolerance: float = 3.0
     gate_max_tries: int = 3
     gate_max_reject_fraction: float = 0.5
 
@@ -304,13 +304,13 @@ def add_gate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--gate-volumes",
         help="real reference cohort: reject when a region volume (lateral ventricles, total GM, WM) is off its "
-        "age trend in this cohort by more than --gate-volume-tolerance",
+        "age trend in this cohort by more than --gate-volume-tolerance residual SDs",
     )
     g.add_argument(
         "--gate-volume-tolerance",
         type=float,
-        default=0.25,
-        help="relative tolerance of --gate-volumes (default 0.25 = ±25 %% of the trend at the requested age)",
+        default=3.0,
+        help="tolerance of --gate-volumes in SDs of the reference cohort around its age trend (default 3)",
     )
     g.add_argument("--gate-max-tries", type=int, default=3, help="generations per brain at most (default 3)")
     g.add_argument(
@@ -344,7 +344,7 @@ def gate_settings(options: AugmentOptions) -> dict | None:
         "bap_sha256": sha256_file(options.gate_bap) if options.gate_bap else None,
         "age_tolerance_years": options.gate_age_tolerance if options.gate_bap else None,
         "volumes_reference": str(options.gate_volumes) if options.gate_volumes else None,
-        "volume_tolerance": options.gate_volume_tolerance if options.gate_volumes else None,
+        "volume_tolerance_sd": options.gate_volume_tolerance if options.gate_volumes else None,
         "max_tries": options.gate_max_tries,
         "max_reject_fraction": options.gate_max_reject_fraction,
     }
@@ -403,7 +403,11 @@ _GATE_STRUCTURES = ("lateral_ventricles", "total_gm", "total_wm")
 
 
 def _volume_check(reference: str, tolerance: float, affine):
-    """Reject volumes whose structures are off the reference cohort's quadratic age trend by > ``tolerance``."""
+    """Reject volumes whose structures are off the reference cohort's age trend by > ``tolerance`` residual SDs.
+
+    The trend is quadratic in age with at least 10 reference images (linear below); the SD is that of the reference
+    images around it, so the tolerance is in the units of the real between-subject spread.
+    """
     import numpy as np
 
     from analysis.evaluation import measure_cohort
@@ -423,7 +427,13 @@ def _volume_check(reference: str, tolerance: float, affine):
     trends = {}
     for name, part in real.groupby("structure"):
         degree = 2 if len(part) >= 10 else 1
-        trends[name] = np.poly1d(np.polyfit(part["age"], part["volume_mm3"], degree))
+        if len(part) < degree + 3:
+            raise ValueError(
+                f"--gate-volumes {reference}: {len(part)} images are too few for an age trend (>= 4)"
+            )
+        trend = np.poly1d(np.polyfit(part["age"], part["volume_mm3"], degree))
+        residual = part["volume_mm3"].to_numpy() - trend(part["age"].to_numpy())
+        trends[name] = (trend, float(np.sqrt((residual**2).sum() / (len(part) - degree - 1))))
 
     def check(volumes, ages):
         reasons = []
