@@ -8,6 +8,8 @@ Subcommands (each writes CSV + Markdown + LaTeX tables, PNG figures and the reso
   age trajectory and age-matched distribution (``plausibility`` table);
 * ``quality``: age-trajectory fidelity, age-matched W1/KS per region, the paper's ROI metrics on age-matched
   pairs, MS-SSIM diversity, MMD and Fréchet distance of fixed image features;
+* ``fidelity``: per age bin, synthetic against real brains of the same age (volumes, slope ratios, brain-age gap,
+  texture noise; see :mod:`pipelines.fidelity`);
 * ``privacy``: nearest-training-image correlation of every synthetic image against the held-out baseline;
 * ``tables``: the paper's global/local ROI tables and key-region trajectory tables across several ``quality`` runs.
 """
@@ -36,6 +38,7 @@ EXAMPLE = """examples:
   flowlet-eval regions --cohort phantoms --out eval/regions --atlas harvard-oxford
   flowlet-eval regions --atlas harvard-oxford --real phantoms --synthetic synth --out eval/plausibility
   flowlet-eval quality --real phantoms --synthetic synth/cohort.tsv --out eval/quality
+  flowlet-eval fidelity --real phantoms --synthetic synth --bap runs/bap/best.pt --out eval/fidelity
   flowlet-eval privacy --train train.tsv --holdout test.tsv --synthetic synth/cohort.tsv --out eval/privacy
   flowlet-eval tables --inputs eval/quality eval/quality-ablation --names FlowLet Ablation --out eval/tables
 """
@@ -108,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--train", required=True, help="real images the generator was trained on")
     v.add_argument("--holdout", required=True, help="real images of subjects not used in training")
     v.add_argument("--synthetic", required=True, help="synthetic images")
+    from pipelines.fidelity import add_parser as add_fidelity_parser
+
+    add_fidelity_parser(sub, common, EXAMPLE)
     t = sub.add_parser(
         "tables",
         help="paper tables across several quality/privacy runs",
@@ -615,6 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     registration=args.registration,
                     **options,
                 )
+            elif args.command == "fidelity":
+                from pipelines.fidelity import run_fidelity
+
+                run_fidelity(args, config)
             elif args.command == "privacy":
                 options.pop("jobs")  # the audit reads images only; nothing to parallelise
                 run_privacy(args.train, args.holdout, args.synthetic, args.out, config, **options)
@@ -628,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _inputs(args: argparse.Namespace) -> list:
     """Every cohort, table, folder and file the subcommand reads."""
-    names = ("config", "atlas_image", "atlas_table", "cohort", "real", "synthetic", "train", "holdout")
+    names = ("config", "atlas_image", "atlas_table", "cohort", "real", "synthetic", "train", "holdout", "bap")
     return [getattr(args, name, None) for name in names] + list(getattr(args, "inputs", None) or [])
 
 

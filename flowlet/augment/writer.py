@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet import __version__
+from flowlet.augment.gate import Gate, check_rates, gather_records, run_gate, write_record
 from flowlet.augment.plan import AugmentationPlan
 from flowlet.data import keys
 from flowlet.data.io import folder_lock, write_json_atomic, write_table_atomic
@@ -233,6 +234,7 @@ def write_augmentation(
     progress: bool = True,
     replace: bool = False,
     lock: bool = True,
+    gate: Gate | None = None,
 ) -> AugmentResult:
     """Generate the brains of ``samples`` that this shard owns and that are not already complete.
 
@@ -250,8 +252,11 @@ def write_augmentation(
         replace: when ``out_dir`` holds brains made with other settings, delete them and start again instead of
             raising. Refused together with a shard count above 1 (shards run concurrently).
         lock: take this shard's lock on ``out_dir`` (:func:`shard_lock_name`); false when the caller holds it.
+        gate: a quality gate (:mod:`flowlet.augment.gate`): rejected brains are generated again from new seeds, and
+            ``gate.tsv``/``rejections.tsv`` record every decision.
 
     Raises:
+        flowlet.augment.gate.GateError: the gate rejected too much (the records are written first).
         ValueError: ``out_dir`` holds an augmentation made with other settings (the message lists them) and
             ``replace`` is false, or it is not an augmentation folder.
     """
@@ -302,15 +307,30 @@ def write_augmentation(
         ages = samples[keys.AGE].to_numpy(dtype=np.float64)
         seeds = samples["seed"].to_numpy()
         bar = _progress_bar(sum(len(b) for b in todo), enabled=progress)
-        for batch in todo:
+
+        def generate(indices: list[int], batch_seeds: list[int]) -> np.ndarray:
             wavelets = next(
-                iter_generate(bundle, ages[batch].tolist(), seeds[batch].tolist(), sampling_config, False)
+                iter_generate(bundle, ages[indices].tolist(), batch_seeds, sampling_config, False)
             )
-            volumes = decode_and_export(wavelets.wavelets, save_size)
-            keep = [j for j, i in enumerate(batch) if i in missing]
-            write_volumes(volumes[keep], [paths[batch[j]] for j in keep], affine)
-            bar.update(len(batch))
-        bar.close()
+            return decode_and_export(wavelets.wavelets, save_size)
+
+        outcomes = []
+        try:
+            for batch in todo:
+                keep = [i for i in batch if i in missing]
+                if gate is None:
+                    volumes = generate(batch, seeds[batch].tolist())
+                    write_volumes(volumes[[batch.index(i) for i in keep]], [paths[i] for i in keep], affine)
+                else:
+                    outcomes += _gated_batch(gate, generate, batch, keep, samples, paths, affine)
+                    check_rates(gate, outcomes, final=False)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            if gate is not None:
+                gather_records(out_dir, [image_path(out_dir, p) for p in samples["participant_id"]])
+        if gate is not None:
+            check_rates(gate, outcomes, final=True)
     return AugmentResult(
         out_dir, generated=len(missing), skipped=len(paths) - len(missing), total=len(samples)
     )
@@ -319,6 +339,23 @@ def write_augmentation(
 def shard_lock_name(shard: Shard) -> str:
     """The lock file of one shard (shards of one augmentation write into one folder concurrently)."""
     return f".lock-shard-{shard.index}-of-{shard.count}"
+
+
+def _gated_batch(gate: Gate, generate, batch: list[int], keep: list[int], samples, paths, affine) -> list:
+    """Generate one batch through the gate; write the records, then the accepted volumes, of the ``keep`` samples."""
+    from flowlet.export import write_volumes
+
+    ages = samples[keys.AGE].to_numpy(dtype=np.float64)
+    seeds = samples["seed"].to_numpy()
+    accepted, outcomes = run_gate(gate, generate, batch, ages, seeds, samples["participant_id"].tolist())
+    for i, outcome in zip(batch, outcomes):
+        if i in keep:
+            write_record(paths[i], outcome)  # before the image: a complete image always has its record
+            if i in accepted:
+                write_volumes(accepted[i][None], [paths[i]], affine)
+            else:
+                logger.warning("%s rejected at all %d tries", outcome.participant_id, gate.max_tries)
+    return outcomes
 
 
 def _remove_stale_temporaries(paths) -> None:

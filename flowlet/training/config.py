@@ -81,6 +81,9 @@ class DataConfig:
         val_fraction: fraction of *subjects* held out for validation.
         split_seed: seed of the subject split.
         age_bin_width: width in years of the age strata of the split.
+        age_balanced: draw training batches with inverse-frequency weights per age bin (every bin equally often)
+            instead of epoch permutations; the draws per bin are logged and written to ``age_balance.tsv``.
+        age_balance_bin_width: width in years of the bins of ``age_balanced`` (``[k·w, (k+1)·w)``).
         cache_dir: folder for preprocessed ``.npy`` arrays (None: keep them in memory only).
         num_workers: DataLoader worker processes.
         augment: random augmentation of training volumes.
@@ -96,6 +99,8 @@ class DataConfig:
     val_fraction: float = 0.2
     split_seed: int = 42
     age_bin_width: float = 5.0
+    age_balanced: bool = False
+    age_balance_bin_width: float = 10.0
     cache_dir: str | None = None
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -297,6 +302,8 @@ def _check_semantics(cfg: TrainConfig) -> None:
         raise ValueError(f"data.pad_mode must be one of {list(PAD_MODES)}, got {d.pad_mode!r}")
     if not 0.0 <= d.val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if not d.age_balance_bin_width > 0:
+        raise ValueError(f"data.age_balance_bin_width must be > 0, got {d.age_balance_bin_width}")
     if not 0.0 <= f.condition_dropout < 1.0:
         raise ValueError(f"flow.condition_dropout must be in [0, 1), got {f.condition_dropout}")
     if t.precision not in PRECISIONS:

@@ -8,7 +8,10 @@ processes, on the number of training processes, or on whether the run was resume
 
 Batches are drawn by :class:`StepBatchSampler`: epoch ``e`` is a permutation seeded by ``(seed, e)``, step ``s``
 takes the next ``batch_size`` scans of it (the last incomplete batch is dropped, as in the official loader), and
-process ``r`` of ``W`` takes the ``r``-th contiguous share of that global batch.
+process ``r`` of ``W`` takes the ``r``-th contiguous share of that global batch. With ``data.age_balanced`` the
+global batch of step ``s`` is instead drawn with replacement, seeded by ``(seed, s)``, with inverse-frequency weights
+per age bin (:func:`age_balanced_weights`): every non-empty bin is drawn equally often, so the rare ages are seen as
+often as the common ones (each of their scans more often).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from flowlet.training.config import AugmentConfig, DataConfig
 from flowlet.wavelets import dwt3d
 
 __all__ = [
+    "AgeBalance",
     "CohortSplit",
     "StepBatchSampler",
     "WaveletDataset",
+    "age_balanced_weights",
     "build_augmentation",
     "compute_condition_ranges",
     "normalize_condition",
@@ -255,6 +260,51 @@ class WaveletDataset(Dataset):
         return {keys.IMAGE: bands, "conditions": conditions, "index": index}
 
 
+@dataclass(frozen=True)
+class AgeBalance:
+    """Inverse-frequency sampling weights per age bin.
+
+    Attributes:
+        weights: ``(N,)`` draw probability of every scan (sums to 1).
+        table: one row per non-empty bin: ``bin``, ``age_min``, ``age_max``, ``n_scans``, ``probability`` (of a
+            draw falling in the bin), ``natural_probability`` (without balancing), ``draws_per_epoch`` (expected
+            draws of the bin in ``N`` draws) and ``draws_per_scan`` (of each of its scans per ``N`` draws).
+    """
+
+    weights: np.ndarray
+    table: pd.DataFrame
+
+
+def age_balanced_weights(ages: Sequence[float] | np.ndarray, bin_width: float) -> AgeBalance:
+    """Weights that draw every non-empty ``bin_width``-year age bin (``[k·w, (k+1)·w)``) equally often.
+
+    Example:
+        >>> age_balanced_weights([20, 22, 24, 71], 10).table["probability"].tolist()
+        [0.5, 0.5]
+    """
+    ages = np.asarray(ages, dtype=np.float64)
+    if ages.size == 0 or not np.all(np.isfinite(ages)):
+        raise ValueError("age-balanced sampling needs a finite age for every training scan")
+    if not bin_width > 0:
+        raise ValueError(f"data.age_balance_bin_width must be > 0, got {bin_width}")
+    index = np.floor(ages / bin_width).astype(np.int64)
+    bins, inverse, counts = np.unique(index, return_inverse=True, return_counts=True)
+    weights = 1.0 / (len(bins) * counts[inverse])
+    table = pd.DataFrame(
+        {
+            "bin": [f"{b * bin_width:g}-{(b + 1) * bin_width:g}" for b in bins],
+            "age_min": bins * bin_width,
+            "age_max": (bins + 1) * bin_width,
+            "n_scans": counts,
+            "probability": 1.0 / len(bins),
+            "natural_probability": counts / ages.size,
+            "draws_per_epoch": ages.size / len(bins),
+            "draws_per_scan": ages.size / (len(bins) * counts),
+        }
+    )
+    return AgeBalance(weights=weights / weights.sum(), table=table)
+
+
 class StepBatchSampler(Sampler):
     """Yields this process's share of each global batch, from a given step on (exact resume, DDP-invariant).
 
@@ -265,6 +315,8 @@ class StepBatchSampler(Sampler):
         start_step: first optimiser step to produce.
         total_steps: last step (exclusive).
         rank, world_size: this process's position.
+        weights: ``(num_items,)`` draw probabilities (e.g. :func:`age_balanced_weights`): each global batch is then
+            drawn with replacement, seeded by ``(seed, step)``, instead of walking epoch permutations.
 
     Yields:
         Lists of ``(index, augmentation_seed)`` of length ``global_batch // world_size``.
@@ -280,7 +332,11 @@ class StepBatchSampler(Sampler):
         total_steps: int,
         rank: int = 0,
         world_size: int = 1,
+        weights: np.ndarray | None = None,
     ) -> None:
+        if weights is not None and len(weights) != num_items:
+            raise ValueError(f"{len(weights)} sampling weights for {num_items} training scans")
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if global_batch % world_size:
             raise ValueError(f"training.batch_size {global_batch} is not divisible by {world_size} processes")
         if num_items < global_batch:
@@ -292,6 +348,18 @@ class StepBatchSampler(Sampler):
 
     def global_batch_at(self, step: int) -> list[tuple[int, int]]:
         """All ``(index, seed)`` pairs of the global batch of ``step``."""
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, step, 0xBA1]).generate_state(1)[0])
+            )
+            chosen = torch.multinomial(
+                self.weights, self.global_batch, replacement=True, generator=g
+            ).tolist()
+            # a scan drawn twice in one batch gets two different augmentations
+            return [
+                (i, augmentation_seed(self.seed, step, i * self.global_batch + k))
+                for k, i in enumerate(chosen)
+            ]
         epoch, position = divmod(step, self.steps_per_epoch)
         order = torch.randperm(
             self.num_items, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)

@@ -28,11 +28,18 @@ from torch.utils.data import DataLoader
 
 from flowlet.data import keys
 from flowlet.data.cohort import Cohort, load_cohort, read_image
+from flowlet.data.io import write_table_atomic
 from flowlet.models.config import UNetConfig
 from flowlet.paths import get_path, get_time_sampler
 from flowlet.training import distributed as dist_utils
 from flowlet.training.config import TrainConfig, config_to_dict
-from flowlet.training.data import StepBatchSampler, WaveletDataset, compute_condition_ranges, split_cohort
+from flowlet.training.data import (
+    StepBatchSampler,
+    WaveletDataset,
+    age_balanced_weights,
+    compute_condition_ranges,
+    split_cohort,
+)
 from flowlet.training.ema import EMA
 from flowlet.training.loss import weighted_band_loss
 from flowlet.training.metrics import MetricsWriter
@@ -157,6 +164,17 @@ class Trainer:
                 f"{cfg.training.batch_size}"
             )
         self.affine = read_image(self.train_set.paths[0]).affine
+        self.age_balance = None
+        if cfg.data.age_balanced:
+            self.age_balance = age_balanced_weights(
+                self.split.train.table[cfg.data.condition_columns[0]].to_numpy(),
+                cfg.data.age_balance_bin_width,
+            )
+            for row in self.age_balance.table.itertuples():
+                logger.info(
+                    "age-balanced sampling: bin %s, %d scans, %.1f draws per epoch (%.2f per scan; unbalanced %.1f)",
+                    row.bin, row.n_scans, row.draws_per_epoch, row.draws_per_scan, row.natural_probability * len(self.train_set),
+                )  # fmt: skip
         logger.info(
             "training on %d scans (%d subjects), validating on %d scans (%d subjects)",
             len(self.split.train),
@@ -356,6 +374,7 @@ class Trainer:
             total_steps=self.total_steps,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            weights=None if self.age_balance is None else self.age_balance.weights,
         )
         workers = self.config.data.num_workers
         return DataLoader(
@@ -380,12 +399,20 @@ class Trainer:
         # Files this call creates; removed again if it fails before its first checkpoint (no partial run folder).
         fresh = [
             self.run_dir / name
-            for name in ("config.yaml", "condition_ranges.json", "split.tsv", "metrics.csv")
+            for name in (
+                "config.yaml",
+                "condition_ranges.json",
+                "split.tsv",
+                "metrics.csv",
+                "age_balance.tsv",
+            )
             if not (self.run_dir / name).exists()
         ]
         self._checkpointed = False
         if self.dist.is_main:
             write_run_files(self.run_dir, self.config, self.condition_ranges, self.split)
+            if self.age_balance is not None:
+                write_table_atomic(self.run_dir / "age_balance.tsv", self.age_balance.table)
         metrics = (
             MetricsWriter(
                 self.run_dir / "metrics.csv",
