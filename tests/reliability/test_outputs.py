@@ -334,15 +334,15 @@ def test_full_disk_in_bap_train_names_the_file_and_keeps_the_previous_run(
 
 
 def test_ctrl_c_in_augment_exits_130_and_the_rerun_completes(cli, tmp_path, tiny_checkpoint, monkeypatch):
-    import flowlet.sampling
+    import flowlet.export
 
     real = write_bids(tmp_path / "real")
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert cli(augment.main, _augment_argv(real, tiny_checkpoint, reference)).code == 0
-    real_write = flowlet.sampling.write_volumes
-    monkeypatch.setattr(flowlet.sampling, "write_volumes", _raise_on_call(2, real_write, KeyboardInterrupt()))
+    real_write = flowlet.export.write_volumes
+    monkeypatch.setattr(flowlet.export, "write_volumes", _raise_on_call(2, real_write, KeyboardInterrupt()))
     result = _interrupted(cli, augment.main, _augment_argv(real, tiny_checkpoint, out))
-    monkeypatch.setattr(flowlet.sampling, "write_volumes", real_write)
+    monkeypatch.setattr(flowlet.export, "write_volumes", real_write)
     assert result.code == 130, result.text
     assert "interrupted" in result.text and "Traceback" not in result.text
     assert len(list(out.rglob("sub-syn*_T1w.nii.gz"))) == 1 and temp_files(out) == []
