@@ -153,13 +153,14 @@ def test_regions_quality_privacy_tables_end_to_end(phantoms_4mm, tmp_path):
     assert (out / "privacy.csv").is_file()
 
 
-def test_bad_config_key_is_reported(tmp_path, caplog):
+def test_bad_config_key_is_reported(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("atlas:\n  nmae: aal\n")
     assert (
         main(["regions", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
     )
-    assert "nmae" in caplog.text
+    err = capsys.readouterr().err
+    assert "nmae" in err and err.startswith("flowlet-eval: error:")
 
 
 def test_regions_real_versus_synthetic_writes_the_plausibility_table(phantoms_4mm, tmp_path):

@@ -136,7 +136,7 @@ def test_cli_smoke_and_overwrite_guard(tmp_path, capsys):
     assert len(participants) == 2 and set(participants["site"]) <= {"site0", "site1"}
     assert (out / "sub-0002" / "anat" / "sub-0002_T1w.nii.gz").is_file()
     assert main(["--n", "1", "--out", str(out), "--voxel-size", "4", "--no-progress"]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "holds an earlier flowlet-phantoms run; use --overwrite" in capsys.readouterr().err
     assert main(["--n", "1", "--out", str(out), "--voxel-size", "4", "--no-progress", "--overwrite"]) == 0
 
 
