@@ -108,7 +108,7 @@ def limited_copy(data_dir: Path, target: Path, n: int) -> Path:
     return target
 
 
-def run_regions(out: Path, work: Path, data_dir: Path) -> dict:
+def run_regions(out: Path, work: Path, data_dir: Path, jobs: int) -> dict:
     """``flowlet-eval regions`` on the prepared cohort; native volumes against the DLMUSE reference."""
     from scipy import stats
 
@@ -116,7 +116,9 @@ def run_regions(out: Path, work: Path, data_dir: Path) -> dict:
 
     regions_dir = work / "regions"
     start = time.perf_counter()
-    code = evaluate(["regions", "--cohort", str(out), "--out", str(regions_dir), "--no-progress"])
+    code = evaluate(
+        ["regions", "--cohort", str(out), "--out", str(regions_dir), "--no-progress", "--jobs", str(jobs)]
+    )
     seconds = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"flowlet-eval regions exited with {code}")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_scan": scored.round(4).to_dict(orient="records"),
     }
     if args.regions:
-        result["regions"] = run_regions(out, args.work, data_dir)
+        result["regions"] = run_regions(out, args.work, data_dir, args.jobs)
     write_json_atomic(args.json, result)
 
     print(

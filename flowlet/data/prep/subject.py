@@ -49,6 +49,7 @@ __all__ = [
     "file_sha256",
     "output_names",
     "prepare_scan",
+    "read_prep_record",
     "register_scan",
     "scan_measures",
     "template_mask_in_native",
@@ -431,6 +432,28 @@ def _sidecar(
             "seconds": seconds,
         },
     }
+
+
+def read_prep_record(image: str | Path) -> dict[str, Any] | None:
+    """The ``flowlet-prep`` record (settings, QC measures incl. ``affine_determinant``, verdict) in the JSON
+    sidecar of a preprocessed image, or None when the image has no such sidecar (e.g. a phantom)."""
+    image = Path(image)
+    name = image.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)] + ".json"
+            break
+    sidecar = image.with_name(name)
+    if sidecar == image or not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))[_SIDECAR_KEY]
+        record["qc"] = {str(k): float(v) for k, v in record["qc"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{sidecar}: not a readable flowlet-prep sidecar ({type(exc).__name__}: {exc})"
+        ) from exc
+    return record
 
 
 def verify_scan(
