@@ -20,6 +20,7 @@ The work folder is resumable (finished scans are verified and skipped).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="ITK threads per job")
     parser.add_argument("--limit", type=int, help="first N subjects only")
+    parser.add_argument(
+        "--baseline", type=int, default=0, help="also register the first N scans without brain extraction"
+    )
     parser.add_argument("--regions", action="store_true", help="also run flowlet-eval regions and correlate")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "prep_ixi.json")
     args = parser.parse_args(argv)
@@ -196,6 +200,31 @@ def main(argv: list[str] | None = None) -> int:
     missed = incorrect[incorrect["status"] == "ok"]
     false_alarms = scored[scored["correct"] & (scored["status"] != "ok")]
 
+    baseline = None
+    if args.baseline:
+        # The registration without brain extraction (the whole raw head onto the brain template): real failures
+        # that QC must catch.
+        old = dataclasses.replace(config, brain_extraction=False)
+        base_dir = limited_copy(args.data, args.work / "baseline_bids", args.baseline)
+        base_out = args.work / "baseline_prep"
+        base = run_prep(
+            base_dir, base_out, config=old, jobs=args.jobs, threads_per_job=args.threads, progress=False
+        )
+        baseline = reference_dice(args.data, base_out, base.qc, old).merge(
+            base.qc[
+                [
+                    "subject_id",
+                    "reason",
+                    "ncc",
+                    "brain_mask_dice",
+                    "affine_determinant",
+                    "scale_min",
+                    "scale_max",
+                ]
+            ],
+            on="subject_id",
+        )
+        baseline["correct"] = baseline["dice_dlmuse"] >= CORRECT_DICE
     broken_dir = make_broken(args.data, args.work / "broken_bids", "IXI012")
     broken = run_prep(broken_dir, args.work / "broken_prep", config=config, jobs=args.jobs, progress=False)
     # Seconds of resumed scans come from their sidecars (the run that computed them).
@@ -240,6 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             for m in ("ncc", "brain_mask_dice", "affine_determinant", "scale_min", "scale_max")
         },
         "broken_inputs": broken.qc[["subject_id", "status", "reason"]].to_dict(orient="records"),
+        "without_brain_extraction": None
+        if baseline is None
+        else {
+            "n_scans": len(baseline),
+            "n_correct": int(baseline["correct"].sum()),
+            "n_incorrect_passed_qc": int((~baseline["correct"] & (baseline["status"] == "ok")).sum()),
+            "n_correct_rejected": int((baseline["correct"] & (baseline["status"] != "ok")).sum()),
+            "per_scan": baseline.round(4).to_dict(orient="records"),
+        },
         "per_scan": scored.round(4).to_dict(orient="records"),
     }
     if args.regions:
@@ -272,6 +310,24 @@ def main(argv: list[str] | None = None) -> int:
             indent=1,
         )
     )
+    if baseline is not None:
+        print("without brain extraction:")
+        print(
+            baseline[
+                [
+                    "subject_id",
+                    "status",
+                    "dice_dlmuse",
+                    "ncc",
+                    "brain_mask_dice",
+                    "affine_determinant",
+                    "scale_min",
+                    "scale_max",
+                ]
+            ]
+            .round(3)
+            .to_string(index=False)
+        )
     if args.regions:
         print(json.dumps(result["regions"], indent=1))
     print(f"JSON: {args.json}")

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="scans processed in parallel (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="ITK threads per job (default 1)")
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    parser.add_argument(
+        "--no-brain-extraction",
+        action="store_true",
+        help="register the whole image to the brain template (only for scans already skull-stripped)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="process every scan again")
     parser.add_argument(
         "--keep-rejected",
@@ -70,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     from flowlet.data.prep import PrepConfig, run_prep
 
     try:
-        config = PrepConfig(voxel_size=args.voxel_size, template=args.template, n4=not args.no_n4)
+        config = PrepConfig(
+            voxel_size=args.voxel_size,
+            template=args.template,
+            n4=not args.no_n4,
+            brain_extraction=not args.no_brain_extraction,
+        )
         report = run_prep(
             args.bids,
             args.out,

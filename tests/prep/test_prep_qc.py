@@ -54,13 +54,15 @@ def test_a_typical_good_scan_passes_and_each_broken_limit_is_named():
     # A head squashed into the brain box (the failure of registering a raw head to a brain template).
     squashed = qc_problems(_qc(affine_determinant=0.42, scale_min=0.62, scale_max=0.8), limits)
     assert [p.split()[0] for p in squashed] == ["affine_determinant", "scale"]
-    assert "0.420 outside [0.55, 1.6]" in squashed[0]
+    assert "0.420 outside [0.45, 1.3]" in squashed[0]
     # A misplaced head: the subject's own brain mask misses the template's, and the images do not correlate.
     shifted = qc_problems(_qc(brain_mask_dice=0.61, ncc=0.12), limits)
-    assert shifted == ["brain_mask_dice 0.610 < 0.8", "ncc 0.120 < 0.3"]
+    assert shifted == ["brain_mask_dice 0.610 < 0.75", "ncc 0.120 < 0.35"]
     # A missing measure fails rather than passes.
-    assert qc_problems({k: v for k, v in _qc().items() if k != "ncc"}, limits) == ["ncc nan < 0.3"]
-    assert qc_problems(_qc(scale_max=1.36), limits) and not qc_problems(_qc(scale_max=1.34), limits)
+    assert qc_problems({k: v for k, v in _qc().items() if k != "ncc"}, limits) == ["ncc nan < 0.35"]
+    assert qc_problems(_qc(scale_max=1.31), limits) and not qc_problems(_qc(scale_max=1.29), limits)
+    # A whole head registered onto the brain template: the template brain is blown up to the head's size.
+    assert qc_problems(_qc(affine_determinant=1.7, scale_max=1.25, scale_min=1.15), limits)
 
 
 def test_limits_must_be_ordered_ranges():

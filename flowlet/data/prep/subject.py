@@ -80,6 +80,9 @@ class PrepConfig:
         affine_smoothing: registration smoothing sigmas (voxels) per level.
         sampling_rate: fraction of template voxels sampled by the metric.
         metric_margin_mm: the metric is evaluated within the template brain mask dilated by this margin.
+        brain_extraction: strip the head before registering (False registers the whole image to the brain
+            template, which is right only for input that is already skull-stripped: a raw head is squeezed into
+            the brain box or lands beside it).
         extraction_passes: brain-to-brain registrations after the first fit to the roughly stripped head, each
             stripping the head with the template mask carried back by the previous fit.
         mask_margin_mm: half-width of the border band where the brain mask follows the subject's intensities
@@ -98,6 +101,7 @@ class PrepConfig:
     affine_smoothing: tuple[float, ...] = (3.0, 2.0, 1.0, 0.0)
     sampling_rate: float = 0.25
     metric_margin_mm: float = 6.0
+    brain_extraction: bool = True
     extraction_passes: int = 1
     mask_margin_mm: float = 0.0
     seed: int = 1
@@ -288,8 +292,11 @@ def register_scan(data: np.ndarray, affine: np.ndarray, config: PrepConfig) -> R
         )
 
     n_levels = len(config.affine_iterations)
-    transform = fit(data * rough, max(1, n_levels - 1))
-    for _ in range(config.extraction_passes):
+    if config.brain_extraction:
+        transform, passes = fit(data * rough, max(1, n_levels - 1)), config.extraction_passes
+    else:  # the whole image straight onto the brain template: only for input that is already skull-stripped
+        transform, passes = fit(data, n_levels), 0
+    for _ in range(passes):
         carried = template_mask_in_native(prior, grid_affine, transform, data, affine)
         stripped = ndimage.binary_dilation(carried, iterations=1)
         transform = fit(data * stripped, n_levels)
