@@ -23,6 +23,22 @@ def test_help_shows_an_example(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and "flowlet-prep --bids" in out and "flowlet-toolkit[prep]" in out
+    assert "--keep-rejected" in out and "--no-brain-extraction" in out and "qc/rejected/" in out
+
+
+def test_cli_flags_reach_the_settings(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_prep(bids, out, *, config, keep_rejected, **options):
+        seen.update(config=config, keep_rejected=keep_rejected)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr("flowlet.data.prep.run_prep", fake_run_prep)
+    argv = ["--bids", str(tmp_path), "--out", str(tmp_path / "o"), "--no-brain-extraction", "--keep-rejected"]
+    assert main(argv) == 2
+    assert seen["config"].brain_extraction is False and seen["keep_rejected"] is True
+    assert main(argv[:4]) == 2
+    assert seen["config"].brain_extraction is True and seen["keep_rejected"] is False
 
 
 def test_missing_ants_names_the_extra(tmp_path, monkeypatch, capsys):
