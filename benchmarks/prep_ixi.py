@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--regions", action="store_true", help="also run flowlet-eval regions and correlate")
     parser.add_argument(
+        "--mask-margin-mm",
+        type=float,
+        default=0.0,
+        help="PrepConfig.mask_margin_mm (0: the template brain mask)",
+    )
+    parser.add_argument(
         "--reuse-regions", action="store_true", help="correlate an earlier run's regions/volumes.tsv again"
     )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "prep_ixi.json")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.data}: ixi-dev not found", file=sys.stderr)
         return 2
     data_dir = args.data if args.limit is None else limited_copy(args.data, args.work / "bids", args.limit)
-    config = PrepConfig()
+    config = PrepConfig(mask_margin_mm=args.mask_margin_mm)
     out = args.work / "prep"
     load_before = os.getloadavg()
     start = time.perf_counter()
