@@ -84,10 +84,12 @@ class PrepReport:
         )
         if self.failures:
             n_failed = len(self.failures) - self.n_rejected
-            text += (
-                f"; {self.n_rejected} rejected by QC (outputs in {REJECTED_DIR}/ unless --keep-rejected), "
-                f"{n_failed} failed:\n" + "\n".join(f"  {s}: {r}" for s, r in self.failures)
-            )
+            parts = [f"{n_failed} failed"] if n_failed else []
+            if self.n_rejected:
+                parts.insert(
+                    0, f"{self.n_rejected} rejected by QC (outputs in {REJECTED_DIR}/, not in the cohort)"
+                )
+            text += "; " + ", ".join(parts) + ":\n" + "\n".join(f"  {s}: {r}" for s, r in self.failures)
         return text
 
 

@@ -1,8 +1,9 @@
 """Preprocess one raw T1w scan into the model's space, and verify a previous run's outputs.
 
-Steps: read (validated) → reorient to RAS → N4 bias correction inside a head mask → affine registration to the
-packaged template → resampling onto the MNI grid → brain mask (registered template mask refined by intensity) →
-QC measures. Outputs are written atomically; the JSON sidecar is written last and marks the scan as finished.
+Steps: read (validated) → reorient to RAS → N4 bias correction inside a head mask → brain extraction by
+registration of the packaged brain template (intensity brain mask, template mask carried back) → brain-to-brain
+affine → resampling onto the MNI grid → brain mask → QC measures and the pass/fail verdict → QC picture. Outputs
+are written atomically; the JSON sidecar is written last and marks the scan as finished.
 """
 
 from __future__ import annotations
