@@ -234,6 +234,7 @@ def run_regions(
     from analysis.evaluation import measure_cohort
     from analysis.figures import plot_trajectories
     from analysis.quality import read_truth
+    from analysis.volumetrics import FROM_PREP, intracranial_table
     from flowlet.data.io import write_json_atomic, write_table_atomic
 
     start = time.perf_counter()
@@ -246,7 +247,9 @@ def run_regions(
     logger.info(
         "measured %d images in %.1f s (%.2f s per image)", len(cohort), seconds, seconds / max(len(cohort), 1)
     )
-    write_table_atomic(out / "volumes.tsv", measures.volumes)
+    volumes, native = _native_volumes(cohort, measures.volumes)
+    write_table_atomic(out / "volumes.tsv", volumes)
+    write_table_atomic(out / "intracranial.tsv", intracranial_table(volumes, native))
     tables.write_table(
         tables.region_volume_table(measures.volumes),
         out,
@@ -264,6 +267,10 @@ def run_regions(
         "atlas": vol.atlas_.name,
         "grid_shape": list(vol.grid_.shape),
         "registration": registration,
+        "native_volumes": {
+            "n_images_with_determinant": int((native["scale_source"] == FROM_PREP).sum()),
+            "n_images_native_equals_mni": int((native["scale_source"] != FROM_PREP).sum()),
+        },
     }
     truth = read_truth(cohort)
     if truth is not None:
@@ -273,6 +280,21 @@ def run_regions(
     write_json_atomic(out / "summary.json", summary)
     _write_config(out, config, registration=registration, source=str(source))
     return out
+
+
+def _native_volumes(cohort, volumes):
+    """MNI and native-space columns (``volume_mni_mm3``, ``volume_native_mm3``) from prep's determinants."""
+    from analysis.volumetrics import FROM_PREP, add_native_volumes, native_scaling
+
+    native = native_scaling(dict(zip(cohort["image_id"].astype(str), cohort["path"].astype(str))))
+    unknown = int((native["scale_source"] != FROM_PREP).sum())
+    if unknown:
+        logger.warning(
+            "%d of %d images have no flowlet-prep determinant; their native volumes equal the MNI ones",
+            unknown,
+            len(native),
+        )
+    return add_native_volumes(volumes, native), native
 
 
 def _present(volumes, key_regions):

@@ -20,12 +20,15 @@ _EXAMPLE = """example:
   flowlet-prep --bids raw_bids --out derivatives/flowlet-prep --jobs 2
   flowlet-prep --bids raw_bids --out prep4 --voxel-size 4 --participants ages.tsv
 
-Each sub-*/[ses-*/]anat/*_T1w.nii[.gz] is reoriented to RAS, bias-corrected (N4), registered (affine) to the
-ICBM152 template, resampled onto the MNI grid (2 mm: 91x109x91) and skull-stripped. The output is a BIDS
-derivatives folder (load it with flowlet.data.load_cohort) with qc/prep_qc.tsv and qc/prep_montage-NN.png.
+Each sub-*/[ses-*/]anat/*_T1w.nii[.gz] (raw head or skull-stripped) is reoriented to RAS, bias-corrected
+(N4), brain-extracted by registration of the ICBM152 brain template, registered (affine, brain to brain),
+resampled onto the MNI grid (2 mm: 91x109x91) and checked against QC limits. The output is a BIDS
+derivatives folder (load it with flowlet.data.load_cohort) with qc/prep_qc.tsv, one QC picture per scan in
+qc/scans/ and qc/prep_contact_sheet.png. Scans that fail QC go to qc/rejected/, outside the cohort.
 Finished scans are verified and skipped when the command is run again. Needs the 'prep' extra:
   pip install "flowlet-toolkit[prep]"
-Exit status: 0 when every scan succeeded, 1 when some failed (listed with reasons), 2 on a usage error.
+Exit status: 0 when every scan passed, 1 when some failed or were rejected by QC (listed with reasons),
+2 on a usage error.
 """
 
 
@@ -55,11 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=thread_count, default=1, help="ITK threads per job (default 1)")
     parser.add_argument("--no-n4", action="store_true", help="skip N4 bias-field correction")
+    parser.add_argument(
+        "--no-brain-extraction",
+        action="store_true",
+        help="register the whole image to the brain template (only for scans already skull-stripped)",
+    )
     parser.add_argument("--no-resume", action="store_true", help="process every scan again")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a non-empty folder that flowlet-prep did not create (same-named files are replaced)",
+    )
+    parser.add_argument(
+        "--keep-rejected",
+        action="store_true",
+        help="keep scans that fail QC in the cohort (still listed, exit status still 1)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -76,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     from flowlet.data.prep import PrepConfig, run_prep
 
     def body() -> int:
-        config = PrepConfig(voxel_size=args.voxel_size, template=args.template, n4=not args.no_n4)
+        config = PrepConfig(
+            voxel_size=args.voxel_size,
+            template=args.template,
+            n4=not args.no_n4,
+            brain_extraction=not args.no_brain_extraction,
+        )
         with output_folder(
             args.out,
             command="flowlet-prep",
@@ -94,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads_per_job=args.threads,
                 resume=not args.no_resume,
                 progress=not args.no_progress,
+                keep_rejected=args.keep_rejected,
             )
         print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
         print(f"QC table: {report.qc_path}")

@@ -13,7 +13,7 @@ from prep_synthetic import make_raw_scan, write_raw_scan
 from flowlet.data.cohort import load_cohort
 from flowlet.data.grid import mni_grid, same_grid
 from flowlet.data.nifti import load_volume
-from flowlet.data.prep import PrepConfig, find_scans, verify_scan
+from flowlet.data.prep import PrepConfig, QcLimits, find_scans, run_prep, verify_scan
 from pipelines.prep import main
 
 
@@ -23,6 +23,22 @@ def test_help_shows_an_example(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "example:" in out and "flowlet-prep --bids" in out and "flowlet-toolkit[prep]" in out
+    assert "--keep-rejected" in out and "--no-brain-extraction" in out and "qc/rejected/" in out
+
+
+def test_cli_flags_reach_the_settings(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_prep(bids, out, *, config, keep_rejected, **options):
+        seen.update(config=config, keep_rejected=keep_rejected)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr("flowlet.data.prep.run_prep", fake_run_prep)
+    argv = ["--bids", str(tmp_path), "--out", str(tmp_path / "o"), "--no-brain-extraction", "--keep-rejected"]
+    assert main(argv) == 2
+    assert seen["config"].brain_extraction is False and seen["keep_rejected"] is True
+    assert main(argv[:4]) == 2
+    assert seen["config"].brain_extraction is True and seen["keep_rejected"] is False
 
 
 def test_missing_ants_names_the_extra(tmp_path, monkeypatch, capsys):
@@ -75,7 +91,10 @@ def test_run_reports_bad_files_resumes_and_writes_a_cohort(tmp_path, capsys):
     assert by_subject.loc["01", "ncc"] > 0.6
     assert "truncated" in by_subject.loc["02", "reason"] and by_subject.loc["02", "flags"] == "failed"
     assert "expected a 3D image, got 4D" in by_subject.loc["03", "reason"]
-    assert sorted((out / "qc").glob("prep_montage-*.png"))
+    assert bool(by_subject.loc["01", "qc_pass"]) and not by_subject.loc["02", "qc_pass"]
+    assert (out / "qc" / "prep_contact_sheet.png").is_file()
+    assert (out / by_subject.loc["01", "montage"]).is_file()
+    assert [p.name for p in (out / "qc" / "scans").iterdir()] == ["sub-01_ses-1_qc.png"]
 
     cohort = load_cohort(out)
     assert cohort.table[["subject_id", "session_id"]].values.tolist() == [["01", "1"]]
@@ -95,8 +114,22 @@ def test_run_reports_bad_files_resumes_and_writes_a_cohort(tmp_path, capsys):
     job = next(j for j in find_scans(bids) if j.subject_id == "01")
     assert verify_scan(job, out, PrepConfig(voxel_size=4)) is not None
     assert verify_scan(job, out, PrepConfig(voxel_size=4, n4=False)) is None
+    # Limits it cannot meet: the same outputs no longer verify in the cohort; the scan is processed again,
+    # rejected, moved to qc/rejected/ (out of the cohort) and the run reports it.
+    strict = PrepConfig(voxel_size=4, qc=QcLimits(min_ncc=0.999))
+    assert verify_scan(job, out, strict) is None
+    report = run_prep(bids, out, config=strict, progress=False)
+    assert report.n_ok == 0 and report.n_rejected == 1 and "ncc" in dict(report.failures)[str(job.source)]
+    assert not load_cohort_or_empty(out)
+    assert list((out / "qc" / "rejected" / "sub-01").rglob("*desc-preproc_T1w.nii.gz"))
+    assert verify_scan(job, out, strict).status == "rejected"
     job.source.write_bytes(job.source.read_bytes() + b"\0")
     assert verify_scan(job, out, PrepConfig(voxel_size=4)) is None
+
+
+def load_cohort_or_empty(folder) -> list:
+    """Images of the cohort in ``folder`` (none when it has no image at all)."""
+    return sorted(folder.glob("sub-*/anat/*_T1w.nii.gz"))
 
 
 @pytest.mark.slow

@@ -7,13 +7,16 @@ import pytest
 
 from flowlet.data.prep.ants_backend import ants_affine_to_ras
 from flowlet.data.prep.measures import (
+    dice,
     head_mask,
+    intensity_brain_mask,
     largest_component,
     mutual_information,
     normalized_cross_correlation,
     otsu_threshold,
     refine_brain_mask,
     robust_z,
+    scale_factors,
 )
 
 
@@ -60,6 +63,42 @@ def test_largest_component_and_head_mask():
     image = np.where(big, 100.0, 0.0) + np.where(small, 80.0, 0.0)
     image[_ball(shape, (12, 12, 12), 3)] = 0  # a dark hole inside is filled
     np.testing.assert_array_equal(head_mask(image), big)
+
+
+def test_intensity_brain_mask_peels_skull_and_scalp_off_a_head():
+    """Brain (radius 12, dark ventricle inside), dark skull to 15, bright scalp to 17, touching the brain through a
+    one-voxel bridge; air outside."""
+    shape = (44, 44, 44)
+    centre = (22, 22, 22)
+    brain = _ball(shape, centre, 12)
+    image = np.where(_ball(shape, centre, 17), 120.0, 0.0)  # scalp
+    image[_ball(shape, centre, 15)] = 5.0  # skull
+    image[brain] = 100.0
+    image[_ball(shape, centre, 3)] = 20.0  # ventricle
+    image[22, 22, 34:39] = 100.0  # bridge through the skull
+    mask = intensity_brain_mask(image)
+    assert dice(mask, brain) > 0.97
+    assert not mask[~_ball(shape, centre, 14)].any()  # no scalp
+    assert mask[_ball(shape, centre, 3)].all()  # the ventricle is inside
+    assert not intensity_brain_mask(np.zeros(shape)).any()
+
+
+def test_dice_and_scale_factors_by_hand():
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros((4, 4, 4), bool)
+    a[:2] = True  # 32 voxels
+    b[1:3] = True  # 32 voxels, 16 shared
+    assert dice(a, b) == pytest.approx(2 * 16 / 64)
+    assert dice(a, a) == 1.0 and dice(np.zeros(3, bool), np.zeros(3, bool)) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice(a, b[:2])
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([1.1, 0.9, 1.0])
+    matrix[:3, 3] = [5, -3, 8]
+    np.testing.assert_allclose(scale_factors(matrix), [1.1, 1.0, 0.9])
+    assert np.prod(scale_factors(matrix)) == pytest.approx(abs(np.linalg.det(matrix[:3, :3])))
 
 
 def test_refine_brain_mask_follows_the_subject_border():

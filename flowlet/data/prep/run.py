@@ -17,18 +17,18 @@ from flowlet.data import keys
 from flowlet.data.cohort_sources import normalize_session_id, normalize_subject_id, read_table
 from flowlet.data.io import folder_lock, write_bytes_atomic, write_json_atomic, write_table_atomic
 from flowlet.data.prep import ants_backend
-from flowlet.data.prep.qc import qc_table, write_montage
-from flowlet.data.prep.subject import PrepConfig, ScanJob, ScanResult, prepare_scan, verify_scan
+from flowlet.data.prep.montage import write_contact_sheet
+from flowlet.data.prep.qc import qc_table
+from flowlet.data.prep.subject import (
+    REJECTED_DIR,
+    PrepConfig,
+    ScanJob,
+    ScanResult,
+    prepare_scan,
+    verify_scan,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def _toolkit_version() -> str:
-    """The installed distribution's version (the data layer does not import the generator's root package)."""
-    try:
-        return metadata.version("flowlet-toolkit")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 __all__ = ["PrepReport", "find_scans", "run_prep"]
@@ -36,6 +36,16 @@ __all__ = ["PrepReport", "find_scans", "run_prep"]
 _T1W_SUFFIXES = ("_T1w.nii.gz", "_T1w.nii")
 QC_DIR = "qc"
 QC_TABLE = "prep_qc.tsv"
+CONTACT_SHEET = "prep_contact_sheet.png"
+
+
+def _version() -> str:
+    """The installed toolkit's version, read from package metadata (no import of the top-level package)."""
+
+    try:
+        return metadata.version("flowlet-toolkit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,8 @@ class PrepReport:
         out_dir: the derivatives folder.
         qc: the QC table (also written to ``qc/prep_qc.tsv``).
         qc_path: path of the QC table.
-        montages: QC montage pages.
-        failures: ``(source, reason)`` of every scan that failed.
+        montages: the contact sheet (first) and one QC montage per processed scan.
+        failures: ``(source, reason)`` of every scan that failed or was rejected by QC.
     """
 
     out_dir: Path
@@ -64,11 +74,23 @@ class PrepReport:
     def n_resumed(self) -> int:
         return int(self.qc["resumed"].sum()) if len(self.qc) else 0
 
+    @property
+    def n_rejected(self) -> int:
+        return int((self.qc["status"] == "rejected").sum()) if len(self.qc) else 0
+
     def summary(self) -> str:
-        """One paragraph for the console: counts, then each failure with its reason."""
-        text = f"{self.n_ok} of {len(self.qc)} scans preprocessed ({self.n_resumed} already done)"
+        """One paragraph for the console: counts, then each failed or rejected scan with its reason."""
+        text = (
+            f"{self.n_ok} of {len(self.qc)} scans preprocessed and passed QC ({self.n_resumed} already done)"
+        )
         if self.failures:
-            text += f"; {len(self.failures)} failed:\n" + "\n".join(f"  {s}: {r}" for s, r in self.failures)
+            n_failed = len(self.failures) - self.n_rejected
+            parts = [f"{n_failed} failed"] if n_failed else []
+            if self.n_rejected:
+                parts.insert(
+                    0, f"{self.n_rejected} rejected by QC (outputs in {REJECTED_DIR}/, not in the cohort)"
+                )
+            text += "; " + ", ".join(parts) + ":\n" + "\n".join(f"  {s}: {r}" for s, r in self.failures)
         return text
 
 
@@ -107,12 +129,12 @@ def _init_worker(threads: int) -> None:
     ants_backend.require_ants(threads)
 
 
-def _process(job: ScanJob, out_dir: Path, config: PrepConfig, resume: bool) -> ScanResult:
+def _process(job: ScanJob, out_dir: Path, config: PrepConfig, resume: bool, keep: bool) -> ScanResult:
     if resume:
-        done = verify_scan(job, out_dir, config)
+        done = verify_scan(job, out_dir, config, keep_rejected=keep)
         if done is not None:
             return done
-    return prepare_scan(job, out_dir, config)
+    return prepare_scan(job, out_dir, config, keep_rejected=keep)
 
 
 def _run_all(
@@ -120,6 +142,7 @@ def _run_all(
     out_dir: Path,
     config: PrepConfig,
     resume: bool,
+    keep: bool,
     n_jobs: int,
     threads: int,
     progress: bool,
@@ -131,7 +154,7 @@ def _run_all(
     if n_jobs <= 1:
         _init_worker(threads)
         for i, job in enumerate(jobs):
-            results[i] = _process(job, out_dir, config, resume)
+            results[i] = _process(job, out_dir, config, resume, keep)
             bar.update()
     else:
         # Fresh (spawned) workers, so that ITK reads the thread setting before any ANTs call in them.
@@ -139,7 +162,9 @@ def _run_all(
         with futures.ProcessPoolExecutor(
             n_jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
         ) as pool:
-            pending = {pool.submit(_process, job, out_dir, config, resume): i for i, job in enumerate(jobs)}
+            pending = {
+                pool.submit(_process, job, out_dir, config, resume, keep): i for i, job in enumerate(jobs)
+            }
             for future in futures.as_completed(pending):
                 i = pending[future]
                 try:
@@ -182,9 +207,9 @@ def _write_description(out_dir: Path, config: PrepConfig) -> None:
             "GeneratedBy": [
                 {
                     "Name": "flowlet-prep",
-                    "Version": _toolkit_version(),
-                    "Description": "RAS reorientation, N4, affine registration to "
-                    f"{config.template}, {config.voxel_size:g} mm MNI grid, brain extraction",
+                    "Version": _version(),
+                    "Description": "RAS reorientation, N4, brain extraction by registration of the "
+                    f"{config.template} brain, affine to it, {config.voxel_size:g} mm MNI grid",
                 }
             ],
         },
@@ -202,6 +227,7 @@ def run_prep(
     threads_per_job: int = 1,
     resume: bool = True,
     progress: bool = True,
+    keep_rejected: bool = False,
 ) -> PrepReport:
     """Preprocess every T1w scan of a BIDS data set into a BIDS-derivatives cohort on the MNI grid.
 
@@ -214,9 +240,11 @@ def run_prep(
         threads_per_job: ITK threads per worker.
         resume: skip scans whose outputs verify (same input checksum and settings).
         progress: show a progress bar.
+        keep_rejected: write scans that fail QC into the cohort (still reported as rejected) instead of
+            ``qc/rejected/``.
 
     Returns:
-        :class:`PrepReport`; scans that fail are listed there and in the QC table, not raised.
+        :class:`PrepReport`; scans that fail or are rejected are listed there and in the QC table, not raised.
 
     Raises:
         ImportError: antspyx is missing (the message names the ``prep`` extra).
@@ -236,11 +264,18 @@ def run_prep(
     with folder_lock(out):
         _write_description(out, config)
         _carry_participants(bids, out, participants_path, scans)
-        results = _run_all(scans, out, config, resume, max(1, int(jobs)), threads_per_job, progress)
+        results = _run_all(
+            scans, out, config, resume, keep_rejected, max(1, int(jobs)), threads_per_job, progress
+        )
         table = qc_table(results)
         qc_path = write_table_atomic(out / QC_DIR / QC_TABLE, table)
-        from flowlet.data.templates import brain_mask
-
-        montages = write_montage(results, out, brain_mask(config.grid), out / QC_DIR)
+        drawn = [r for r in results if r.outputs.get("montage") and (out / r.outputs["montage"]).is_file()]
+        montages = [out / r.outputs["montage"] for r in drawn]
+        sheet = write_contact_sheet(
+            out / QC_DIR / CONTACT_SHEET,
+            montages,
+            [f"{r.job.stem}: {'REJECTED' if r.status == 'rejected' else 'ok'}" for r in drawn],
+        )
     failures = [(str(r.job.source), r.reason) for r in results if r.status != "ok"]
+    montages = ([sheet] if sheet else []) + montages
     return PrepReport(out_dir=out, qc=table, qc_path=qc_path, montages=montages, failures=failures)
