@@ -34,7 +34,15 @@ def test_cli_flags_reach_the_settings(tmp_path, monkeypatch):
         raise FileNotFoundError("stop here")
 
     monkeypatch.setattr("flowlet.data.prep.run_prep", fake_run_prep)
-    argv = ["--bids", str(tmp_path), "--out", str(tmp_path / "o"), "--no-brain-extraction", "--keep-rejected"]
+    (tmp_path / "bids").mkdir()
+    argv = [
+        "--bids",
+        str(tmp_path / "bids"),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-brain-extraction",
+        "--keep-rejected",
+    ]
     assert main(argv) == 2
     assert seen["config"].brain_extraction is False and seen["keep_rejected"] is True
     assert main(argv[:4]) == 2
