@@ -1,7 +1,7 @@
 """The study configuration: frozen dataclasses read from ``configs/study/<name>.yaml`` with ``yaml.safe_load``.
 
-Sections: ``cohort`` (phantoms or a path), ``split``, ``generator`` (checkpoint or training config), ``augment``,
-``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
+Sections: ``cohort`` (phantoms or a path), ``test`` (optional external test cohort: balanced phantoms or a path),
+``split``, ``generator`` (checkpoint or training config), ``augment``, ``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
 """
 
 from __future__ import annotations
@@ -40,8 +40,39 @@ class CohortSection:
 
 
 @dataclass(frozen=True)
+class TestPhantomSection:
+    """A balanced phantom test cohort: ``per_bin`` subjects in every ``bin_width``-year bin that the training
+    cohort's ages span (ages uniform inside each bin, clipped to the training cohort's age range).
+
+    ``voxel_size`` and ``sites`` default to the training cohort's; ``label_prefix`` keeps subject ids apart.
+    """
+
+    per_bin: int = 20
+    bin_width: float = 10.0
+    seed: int = 1001
+    voxel_size: int | None = None
+    sites: int | None = None
+    label_prefix: str = "test"
+
+
+@dataclass(frozen=True)
+class TestSection:
+    """An external test cohort: ``path`` (anything ``flowlet.data.load_cohort`` reads) or ``phantoms``.
+
+    When given, the training cohort is split into train/val only (``split.fractions`` train and val, rescaled)
+    and every test scan comes from this cohort. Its subject ids must differ from the training cohort's.
+    """
+
+    path: str | None = None
+    phantoms: TestPhantomSection | None = None
+
+
+@dataclass(frozen=True)
 class SplitSection:
-    """Subject-level split shared by every stage (FlowLet and augmentation see only ``train``)."""
+    """Subject-level split shared by every stage (FlowLet and augmentation see only ``train``).
+
+    With an external ``test`` cohort only the first two fractions (train, val) are used, rescaled to sum to 1.
+    """
 
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
@@ -107,6 +138,7 @@ class ReportSection:
 class StudyConfig:
     name: str = "study"
     cohort: CohortSection = field(default_factory=CohortSection)
+    test: TestSection | None = None
     split: SplitSection = field(default_factory=SplitSection)
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
@@ -133,6 +165,21 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
         raise StudyConfigError(str(exc)) from exc
     if (config.cohort.path is None) == (config.cohort.phantoms is None):
         raise StudyConfigError(f"{source}: cohort needs exactly one of 'path' or 'phantoms'")
+    if config.test is not None:
+        t = config.test
+        if (t.path is None) == (t.phantoms is None):
+            raise StudyConfigError(f"{source}: test needs exactly one of 'path' or 'phantoms'")
+        if t.phantoms is not None:
+            if t.phantoms.per_bin < 1 or t.phantoms.bin_width <= 0:
+                raise StudyConfigError(f"{source}: test.phantoms needs per_bin >= 1 and bin_width > 0")
+            if config.cohort.phantoms is None and (t.phantoms.voxel_size is None or t.phantoms.sites is None):
+                raise StudyConfigError(
+                    f"{source}: test.phantoms with a cohort path needs its own voxel_size and sites"
+                )
+            if t.phantoms.label_prefix and not t.phantoms.label_prefix.isalnum():
+                raise StudyConfigError(f"{source}: test.phantoms.label_prefix must be letters and digits")
+        if config.split.fractions[0] <= 0 or config.split.fractions[1] <= 0:
+            raise StudyConfigError(f"{source}: split.fractions needs train and val > 0 with a test cohort")
     if (config.generator.checkpoint is None) == (config.generator.train_config is None):
         raise StudyConfigError(f"{source}: generator needs exactly one of 'checkpoint' or 'train_config'")
     if abs(sum(config.split.fractions) - 1.0) > 1e-6 or len(config.split.fractions) != 3:
