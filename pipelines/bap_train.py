@@ -5,6 +5,8 @@ Example::
     bap-train --real data/real --config demo --out runs/bap-demo
     bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --config paper --out runs/paper-0.5
     bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/compare
+    bap-train --real data/real --synthetic data/synth --arms real,oversample,reweight,synthetic:0.5 --seeds 3 \
+        --out runs/arms
     torchrun --nproc-per-node 2 -m pipelines.bap_train --real data/real --config paper --out runs/ddp
 """
 
@@ -23,6 +25,8 @@ _EXAMPLE = """examples:
   bap-train --real data/real --config demo --out runs/bap-demo
   bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --out runs/r0.5
   bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/cmp
+  bap-train --real data/real --synthetic data/synth --test data/external \
+      --arms real,oversample,reweight,synthetic:0.5,synthetic:1 --seeds 3 --out runs/arms
   bap-train --real data/real --config demo --set train.lr=3e-3 --set model.options.channels=[8,16,32] --out r
 """
 
@@ -57,8 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override any config field; VALUE is parsed as YAML (repeatable)",
     )
-    p.add_argument("--compare", help="comma-separated synthetic ratios to compare, e.g. 0,0.5,1.0")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds per ratio with --compare (default 1)")
+    p.add_argument(
+        "--compare",
+        help="comma-separated synthetic ratios to compare, e.g. 0,0.5,1.0 (= --arms real,synthetic:0.5,synthetic:1)",
+    )
+    p.add_argument(
+        "--arms",
+        help="comma-separated arms to compare at the same number of optimiser steps: real, oversample, reweight, "
+        "synthetic:R, synthetic-filtered:R (e.g. real,oversample,reweight,synthetic:0.5)",
+    )
+    p.add_argument(
+        "--synthetic-filtered",
+        help="filtered synthetic cohort (e.g. only the samples that passed a quality gate) for synthetic-filtered:R",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="training seeds per arm with --compare/--arms (default 1)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (single run only)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -129,17 +147,29 @@ def run(args: argparse.Namespace) -> int:
     real = load_cohort(args.real).table
     synthetic = load_cohort(args.synthetic).table if args.synthetic else None
     test = load_cohort(args.test).table if args.test else None
-    if args.compare:
+    if args.compare or args.arms:
+        from bap.arms import parse_arms, ratios_to_arms
+
         if args.resume:
-            raise ValueError("--resume continues one run; it cannot be combined with --compare")
-        ratios = [float(r) for r in args.compare.split(",") if r.strip()]
+            raise ValueError("--resume continues one run; it cannot be combined with --compare or --arms")
+        if args.compare and args.arms:
+            raise ValueError("give --compare (ratios) or --arms, not both")
+        if args.arms:
+            arms = parse_arms(args.arms)
+        else:
+            try:
+                arms = ratios_to_arms([float(r) for r in args.compare.split(",") if r.strip()])
+            except ValueError:
+                raise ValueError(f"--compare {args.compare!r}: expected comma-separated numbers") from None
+        filtered = load_cohort(args.synthetic_filtered).table if args.synthetic_filtered else None
         result = run_comparison(
             cfg,
             real,
             args.out,
-            ratios=ratios,
+            arms=arms,
             n_seeds=args.seeds,
             synthetic=synthetic,
+            filtered_synthetic=filtered,
             test=test,
             progress=not args.no_progress,
         )

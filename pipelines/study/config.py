@@ -109,12 +109,25 @@ class AugmentSection:
 
 @dataclass(frozen=True)
 class BapSection:
-    """Brain-age comparison: a packaged ``configs/bap`` name or a YAML path, ratios and seeds."""
+    """Brain-age comparison: a packaged ``configs/bap`` name or a YAML path, arms and seeds.
+
+    ``arms`` (``real``, ``oversample``, ``reweight``, ``synthetic:R``, ``synthetic-filtered:R``; see
+    :mod:`bap.arms`) replaces the older ``ratios`` (0 = ``real``, R = ``synthetic:R``), which is used when
+    ``arms`` is empty. ``filtered_synthetic`` is the cohort of the ``synthetic-filtered:R`` arms.
+    """
 
     config: str = "demo"
+    arms: tuple[str, ...] = ()
     ratios: tuple[float, ...] = (0.0, 0.5, 1.0)
-    seeds: int = 2
+    seeds: int = 3
+    filtered_synthetic: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def arm_list(self):
+        """The parsed arms (:class:`bap.arms.Arm`)."""
+        from bap.arms import parse_arms, ratios_to_arms
+
+        return parse_arms(list(self.arms)) if self.arms else ratios_to_arms(list(self.ratios))
 
 
 @dataclass(frozen=True)
@@ -184,13 +197,25 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
         raise StudyConfigError(f"{source}: generator needs exactly one of 'checkpoint' or 'train_config'")
     if abs(sum(config.split.fractions) - 1.0) > 1e-6 or len(config.split.fractions) != 3:
         raise StudyConfigError(f"{source}: split.fractions must be three numbers summing to 1")
-    if not config.bap.ratios:
-        raise StudyConfigError(f"{source}: bap.ratios must list at least one ratio")
+    if not config.bap.arms and not config.bap.ratios:
+        raise StudyConfigError(f"{source}: bap.arms must list at least one arm")
+    try:
+        arms = config.bap.arm_list()
+    except ValueError as exc:
+        raise StudyConfigError(f"{source}: bap.arms: {exc}") from exc
+    if config.bap.seeds < 1:
+        raise StudyConfigError(f"{source}: bap.seeds must be >= 1")
+    largest = max((a.ratio for a in arms if a.kind == "synthetic"), default=0.0)
     ratio = config.augment.synthetic_ratio
-    if ratio is not None and max(config.bap.ratios) > ratio + 1e-9:
+    if ratio is not None and largest > ratio + 1e-9:
         raise StudyConfigError(
-            f"{source}: bap.ratios go up to {max(config.bap.ratios):g} but augment.synthetic_ratio is {ratio:g}; "
+            f"{source}: bap arms use synthetic ratios up to {largest:g} but augment.synthetic_ratio is {ratio:g}; "
             "the augmentation must make at least as many synthetic brains as the largest BAP ratio uses"
+        )
+    if any(a.kind == "synthetic-filtered" for a in arms) and config.bap.filtered_synthetic is None:
+        raise StudyConfigError(
+            f"{source}: bap.arms has a synthetic-filtered arm but bap.filtered_synthetic (the filtered synthetic "
+            "cohort's folder) is not set"
         )
     return config
 

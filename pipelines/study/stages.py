@@ -263,11 +263,21 @@ def run_bap(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     b = config.bap
     bap_config = replace(load_bap_config(b.config, b.overrides), data={"split_column": keys.SPLIT})
     real = split_table(ctx)
-    synthetic = None
-    if any(r > 0 for r in b.ratios):
+    arms = b.arm_list()
+    synthetic = filtered = None
+    if any(a.kind == "synthetic" for a in arms):
         synthetic = load_cohort(_abs(ctx, ctx.results["augment"].outputs["synthetic"])).table
+    if any(a.kind == "synthetic-filtered" for a in arms):
+        filtered = load_cohort(b.filtered_synthetic).table
     result = run_comparison(
-        bap_config, real, ctx.stage_dir, ratios=list(b.ratios), n_seeds=b.seeds, synthetic=synthetic
+        bap_config,
+        real,
+        ctx.stage_dir,
+        arms=arms,
+        n_seeds=b.seeds,
+        synthetic=synthetic,
+        filtered_synthetic=filtered,
+        bin_width=config.augment.bin_width,
     )
     return {
         "summary": _rel(ctx, ctx.stage_dir / "comparison.csv"),

@@ -28,7 +28,7 @@ def _raw(prefix: str) -> dict:
         "test": {"phantoms": {"per_bin": 1, "bin_width": 40.0, "seed": 9, "label_prefix": prefix}},
         "split": {"fractions": [0.6, 0.4, 0.0], "seed": 0, "age_bin_width": 40.0, "stratify_site": False},
         "generator": {"checkpoint": "demo"},
-        "bap": {"ratios": [0.0]},
+        "bap": {"arms": ["real"]},
     }
 
 
