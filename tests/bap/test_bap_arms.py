@@ -187,3 +187,23 @@ def test_cli_arms_train_every_arm_at_the_same_steps(tiny_real, tiny_synthetic, t
     assert (
         bap_train.main(["--real", str(tiny_real), "--out", str(tmp_path / "x"), "--arms", "real,smote"]) == 2
     )
+
+
+def test_synthetic_arms_need_their_cohort(tiny_real, tmp_path):
+    from bap.compare import run_comparison
+    from bap.config import load_config
+    from configs import config_path
+    from flowlet.data.cohort import load_cohort
+    from pipelines.study.config import StudyConfigError, study_config_from_dict
+
+    cfg = load_config(config_path("bap", "demo"))
+    real = load_cohort(tiny_real).table
+    with pytest.raises(ValueError, match=r"'synthetic-filtered:0\.5' needs a filtered synthetic cohort"):
+        run_comparison(cfg, real, tmp_path, arms="real,synthetic-filtered:0.5")
+    with pytest.raises(ValueError, match=r"'synthetic:1' needs a synthetic cohort"):
+        run_comparison(cfg, real, tmp_path, arms="real,synthetic:1")
+    raw = {"cohort": {"path": "x"}, "bap": {"arms": ["real", "synthetic-filtered:1"]}}
+    with pytest.raises(StudyConfigError, match=r"bap\.filtered_synthetic"):
+        study_config_from_dict(raw)
+    with pytest.raises(StudyConfigError, match=r"bap\.arms: arm 'smote'"):
+        study_config_from_dict({"cohort": {"path": "x"}, "bap": {"arms": ["smote"]}})
