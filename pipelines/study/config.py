@@ -44,7 +44,8 @@ class TestPhantomSection:
     """A balanced phantom test cohort: ``per_bin`` subjects in every ``bin_width``-year bin that the training
     cohort's ages span (ages uniform inside each bin, clipped to the training cohort's age range).
 
-    ``voxel_size`` and ``sites`` default to the training cohort's; ``label_prefix`` keeps subject ids apart.
+    ``voxel_size`` and ``sites`` default to the training cohort's (for a cohort path: its image voxel size and 3
+    sites); ``label_prefix`` keeps subject ids apart.
     """
 
     per_bin: int = 20
@@ -185,10 +186,6 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
         if t.phantoms is not None:
             if t.phantoms.per_bin < 1 or t.phantoms.bin_width <= 0:
                 raise StudyConfigError(f"{source}: test.phantoms needs per_bin >= 1 and bin_width > 0")
-            if config.cohort.phantoms is None and (t.phantoms.voxel_size is None or t.phantoms.sites is None):
-                raise StudyConfigError(
-                    f"{source}: test.phantoms with a cohort path needs its own voxel_size and sites"
-                )
             if t.phantoms.label_prefix and not t.phantoms.label_prefix.isalnum():
                 raise StudyConfigError(f"{source}: test.phantoms.label_prefix must be letters and digits")
         if config.split.fractions[0] <= 0 or config.split.fractions[1] <= 0:

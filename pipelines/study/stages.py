@@ -92,11 +92,14 @@ def _test_cohort(ctx: StageContext, config: StudyConfig, train: pd.DataFrame) ->
             train[keys.AGE].to_numpy(float), per_bin=p.per_bin, bin_width=p.bin_width, seed=p.seed
         )
         folder = ctx.stage_dir / "test"
+        voxel = (
+            p.voxel_size if p.voxel_size is not None else own.voxel_size if own else round(_voxel_size(train))
+        )
         write_phantom_cohort(
             folder,
             len(ages),
-            voxel_size=p.voxel_size if p.voxel_size is not None else own.voxel_size,
-            sites=p.sites if p.sites is not None else own.sites,
+            voxel_size=voxel,
+            sites=p.sites if p.sites is not None else own.sites if own else 3,
             seed=p.seed,
             ages=ages.tolist(),
             label_prefix=p.label_prefix,
