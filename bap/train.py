@@ -74,7 +74,7 @@ class AgeObjective(nn.Module):
     """Model + loss in one module, so that DDP sees one forward per step.
 
     ``forward(x, age, weight=None)`` returns ``(loss, pred)`` with ``loss`` a scalar and ``pred`` ``(B,)`` ages.
-    ``weight`` ``(B,)`` multiplies each scan's loss before the batch mean (per-age-bin loss weights).
+    ``weight`` ``(B,)`` weights each scan's loss in a weighted batch mean (per-age-bin loss weights).
     """
 
     def __init__(self, model: nn.Module, loss: str) -> None:
@@ -93,10 +93,16 @@ class AgeObjective(nn.Module):
 
             target = soft_age_labels(age.float(), self.model.bin_centers, self.model.sigma)
             per_scan = torch.nn.functional.kl_div(log_probs, target, reduction="none").sum(dim=1)
-            return torch.mean(weight * per_scan), self.model.expected_age(log_probs)
+            return _weighted_mean(per_scan, weight), self.model.expected_age(log_probs)
         pred = self.model(x).float()
         error = torch.abs(pred - age)
-        return torch.mean(error if weight is None else weight * error), pred
+        return (torch.mean(error) if weight is None else _weighted_mean(error, weight)), pred
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum(w * v) / sum(w)`` over the batch: a rare scan weighs more than a common one, but the loss (and the
+    gradient) stays on the scale of an unweighted mean however large the weights of the sparsest bins are."""
+    return torch.sum(weight * values) / torch.clamp(torch.sum(weight), min=1e-12)
 
 
 @dataclass(frozen=True)
