@@ -263,7 +263,8 @@ def arm_statistics(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Per arm and age bin (``all`` first): MAE with a subject-bootstrap 95 % CI and its seed SD, the paired
-    difference against ``baseline`` with its CI, seed SD, bootstrap p, Holm-adjusted p over the bins, and verdict.
+    difference against ``baseline`` with its CI, seed SD, bootstrap p (at least ``1 / n_boot``), Holm-adjusted p over
+    the bins, and verdict.
 
     Each scan's error is averaged over seeds first, so the CIs resample test subjects; the seed SD is the
     standard deviation over seeds of the per-seed MAE (or of the per-seed difference, seeds paired by value).
@@ -317,7 +318,8 @@ def arm_statistics(
                     diff_low_years=paired.diff.low if paired else float("nan"),
                     diff_high_years=paired.diff.high if paired else float("nan"),
                     diff_seed_sd_years=_sd(seed_diff),
-                    p_bootstrap=paired.p_bootstrap if paired else float("nan"),
+                    # a bootstrap p of 0 means "below the resolution 1 / n_boot", not 0
+                    p_bootstrap=max(paired.p_bootstrap, 1.0 / n_boot) if paired else float("nan"),
                     p_wilcoxon=paired.p_wilcoxon if paired else float("nan"),
                 )
             rows.append(row)
