@@ -1,15 +1,21 @@
-"""Real-only versus real+synthetic: train every ratio × seed on the same split and compare on the same test scans.
+"""Compare training arms (real-only, oversampling, re-weighting, synthetic ratios) on the same real test scans.
 
-Every configuration shares the subject split (``data.split_seed``) and the list of training seeds, so the test
-scans and the initialisations are paired across ratios. Per ratio, each test scan's absolute error is averaged over
-seeds; MAE confidence intervals and the paired test (ratio vs the first ratio, usually 0 = real only) resample
-subjects. Outputs in ``out_dir``::
+Every arm × seed shares the subject split (``data.split_seed``) and the list of training seeds, so the test scans
+and the initialisations are paired across arms, and every arm takes the same number of optimiser steps
+(``train.epoch_size: real``; see :mod:`bap.arms`). Statistics are keyed by scan: arms are joined on
+(subject_id, session_id), never by row position, and a comparison whose arms were evaluated on different scans
+fails with the scans named. Outputs in ``out_dir``::
 
-    ratio-<r>/seed-<s>/...      one training run each (see :mod:`bap.train`)
-    test_predictions.csv        ratio, seed, subject_id, session_id, age, pred, pred_corrected
-    comparison_bins.csv/.md     overall and per-age-bin MAE with 95 % CIs for each ratio
-    comparison.csv/.md          one row per ratio: MAE [CI], corrected MAE, seed SD, paired difference and p values
-    comparison_bins.png         per-bin MAE by ratio
+    <arm>/seed-<s>/...          one training run each (see :mod:`bap.train`)
+    test_predictions.csv        arm, ratio, seed, subject_id, session_id, age, pred, pred_corrected
+    comparison_bins.csv/.md     per arm, overall and per age bin: MAE [95 % CI], seed SD, paired difference
+                                against the baseline arm [95 % CI], its seed SD, p values (Holm over bins), verdict
+    comparison.csv/.md          the overall rows, one per arm
+    comparison_bins.png         per-bin MAE with 95 % CIs, every arm on one axis
+
+An effect is *called* (``verdict`` ``better`` / ``worse``) only when its 95 % CI excludes 0, it exceeds the
+seed-to-seed SD of the per-seed differences, and, for an age bin, its Holm-adjusted p value over the bins of that
+arm is below 0.05; otherwise the verdict is ``no detectable effect``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from bap import metrics
+from bap.arms import Arm, inverse_frequency_weights, parse_arms, ratios_to_arms
 from bap.config import BapConfig, replace
 from bap.data import SOURCE, prepare_data
 from bap.train import train
@@ -31,7 +38,18 @@ from flowlet.data.io import atomic_path, write_table_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ComparisonResult", "compare_predictions", "markdown_table", "run_comparison"]
+__all__ = [
+    "ComparisonResult",
+    "arm_statistics",
+    "compare_predictions",
+    "holm",
+    "markdown_table",
+    "paired_errors",
+    "run_comparison",
+]
+
+#: Identifies one test scan.
+SCAN = [keys.SUBJECT_ID, keys.SESSION_ID]
 
 
 @dataclass(frozen=True)
@@ -49,59 +67,286 @@ def run_comparison(
     real: pd.DataFrame,
     out_dir: str | Path,
     *,
-    ratios: Sequence[float],
+    ratios: Sequence[float] | None = None,
+    arms: Sequence[Arm] | str | None = None,
     n_seeds: int = 1,
     synthetic: pd.DataFrame | None = None,
+    filtered_synthetic: pd.DataFrame | None = None,
     test: pd.DataFrame | None = None,
+    bin_width: float | None = None,
     progress: bool = True,
 ) -> ComparisonResult:
-    """Train every ``ratio`` with seeds ``cfg.train.seed + k`` (``k < n_seeds``) and compare them.
+    """Train every arm with seeds ``cfg.train.seed + k`` (``k < n_seeds``) and compare them.
 
     Args:
-        cfg: base configuration (its ``data.synthetic_ratio`` and ``train.seed`` are overridden per run).
+        cfg: base configuration (``data.synthetic_ratio``, ``train.seed`` and ``train.epoch_size`` are set per run).
         real: real cohort table.
         out_dir: output folder.
-        ratios: synthetic ÷ real training ratios; the first is the baseline of the paired tests.
-        n_seeds: number of training seeds per ratio.
-        synthetic: synthetic cohort table (needed when a ratio is > 0).
+        ratios: the older spelling: synthetic ratios, 0 = ``real`` (used when ``arms`` is not given).
+        arms: :class:`bap.arms.Arm` list or a ``"real,oversample,reweight,synthetic:0.5"`` string; the first
+            ``real`` arm (else the first arm) is the baseline of the paired differences.
+        n_seeds: number of training seeds per arm.
+        synthetic: synthetic cohort table (for ``synthetic:R`` arms).
+        filtered_synthetic: filtered synthetic cohort table (for ``synthetic-filtered:R`` arms).
         test: optional external test cohort.
+        bin_width: age-bin width of the oversampling target, the loss weights and the tables (default
+            ``cfg.eval.bin_width``).
         progress: progress bars.
     """
     out_dir = Path(out_dir)
-    if not ratios:
-        raise ValueError("no ratios to compare")
+    if arms is None:
+        if not ratios:
+            raise ValueError("no arms to compare")
+        arms = ratios_to_arms(list(ratios))
+    elif isinstance(arms, str):
+        arms = parse_arms(arms)
+    arms = list(arms)
+    if not arms:
+        raise ValueError("no arms to compare")
+    width = float(bin_width if bin_width is not None else cfg.eval.bin_width)
+    for arm in arms:
+        pool = filtered_synthetic if arm.kind == "synthetic-filtered" else synthetic
+        if arm.synthetic and pool is None:
+            what = "filtered synthetic" if arm.kind == "synthetic-filtered" else "synthetic"
+            raise ValueError(f"arm {arm.label!r} needs a {what} cohort, and none was given")
+    if cfg.train.epoch_size != "real":
+        logger.info(
+            "comparison: train.epoch_size = real for every arm (the same optimiser steps in all arms)"
+        )
     memo: dict[str, np.ndarray] = {}
     frames = []
-    for ratio in ratios:
+    for arm in arms:
+        augment = cfg.data.augment or arm.kind == "oversample"
+        if augment and not cfg.data.augment:
+            logger.warning(
+                "arm oversample: random flips and shifts switched on so that repeated scans differ; the other "
+                "arms train without them (set data.augment: true to give every arm the same augmentation)"
+            )
         for k in range(n_seeds):
             seed = cfg.train.seed + k
-            run_cfg = replace(cfg, data={"synthetic_ratio": float(ratio)}, train={"seed": seed})
-            data = prepare_data(real, run_cfg.data, synthetic=synthetic, test=test, memo=memo)
-            logger.info("comparison: ratio %g, seed %d", ratio, seed)
-            result = train(run_cfg, data, out_dir / f"ratio-{ratio:g}" / f"seed-{seed}", progress=progress)
+            run_cfg = replace(
+                cfg,
+                data={"synthetic_ratio": float(arm.ratio), "augment": augment},
+                train={"seed": seed, "epoch_size": "real"},
+            )
+            pool = filtered_synthetic if arm.kind == "synthetic-filtered" else synthetic
+            data = prepare_data(real, run_cfg.data, synthetic=pool, test=test, memo=memo)
+            train_ages = data.table[keys.AGE].to_numpy(float)[data.indices("train")]
+            weights = (
+                inverse_frequency_weights(train_ages, width)
+                if arm.kind in ("oversample", "reweight")
+                else None
+            )
+            logger.info("comparison: arm %s, seed %d", arm.label, seed)
+            result = train(
+                run_cfg,
+                data,
+                out_dir / arm.label.replace(":", "-") / f"seed-{seed}",
+                progress=progress,
+                draw_weights=weights if arm.kind == "oversample" else None,
+                loss_weights=weights if arm.kind == "reweight" else None,
+            )
             pred = result.predictions
             rows = pred[(pred[keys.SPLIT] == "test") & (pred[SOURCE] == "real")].drop(
                 columns=[keys.SPLIT, SOURCE]
             )
-            frames.append(rows.assign(ratio=float(ratio), seed=seed))
+            frames.append(rows.assign(arm=arm.label, ratio=float(arm.ratio), seed=seed))
     predictions = pd.concat(frames, ignore_index=True)
     return compare_predictions(
-        predictions, out_dir, bin_width=cfg.eval.bin_width, n_boot=cfg.eval.n_boot, seed=cfg.eval.seed
+        predictions, out_dir, bin_width=width, n_boot=cfg.eval.n_boot, seed=cfg.eval.seed
     )
 
 
-def _errors_by_ratio(predictions: pd.DataFrame) -> pd.DataFrame:
-    frame = predictions.assign(
-        abs_error=(predictions["pred"] - predictions[keys.AGE]).abs(),
-        gap=predictions["pred"] - predictions[keys.AGE],
-        abs_error_corrected=(predictions["pred_corrected"] - predictions[keys.AGE]).abs(),
+def _with_arm(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions of the older layout (``ratio`` only) get their ``arm`` column."""
+    if "arm" in predictions.columns:
+        return predictions
+    labels = {
+        r: a.label
+        for r, a in zip(predictions["ratio"].unique(), ratios_to_arms(predictions["ratio"].unique()))
+    }
+    return predictions.assign(arm=predictions["ratio"].map(labels))
+
+
+def paired_errors(predictions: pd.DataFrame, arms: Sequence[str] | None = None) -> pd.DataFrame:
+    """Absolute errors per scan and arm, averaged over seeds, one row per scan with one column per arm.
+
+    The arms are joined on (subject_id, session_id); row order plays no part.
+
+    Returns:
+        Index (subject_id, session_id); columns ``age`` and one column per arm.
+
+    Raises:
+        ValueError: a scan listed twice for one arm and seed, arms evaluated on different scans or with different
+            seeds, or a scan whose age differs between arms; the message names the arms and scans.
+    """
+    frame = _with_arm(predictions)
+    arms = list(dict.fromkeys(frame["arm"])) if arms is None else list(arms)
+    dup = frame.duplicated(["arm", "seed", *SCAN], keep=False)
+    if dup.any():
+        rows = (
+            frame.loc[dup, ["arm", "seed", *SCAN]].drop_duplicates().head(5).to_records(index=False).tolist()
+        )
+        raise ValueError(f"test predictions list a scan more than once for one arm and seed: {rows}")
+    scans = {arm: set(map(tuple, frame.loc[frame["arm"] == arm, SCAN].to_numpy().tolist())) for arm in arms}
+    seeds = {arm: sorted(frame.loc[frame["arm"] == arm, "seed"].unique().tolist()) for arm in arms}
+    first = arms[0]
+    for arm in arms[1:]:
+        if scans[arm] != scans[first]:
+            missing = sorted(scans[first] - scans[arm])
+            extra = sorted(scans[arm] - scans[first])
+            raise ValueError(
+                f"arms {first!r} and {arm!r} were evaluated on different test scans: {len(missing)} scan(s) of "
+                f"{first!r} are missing from {arm!r} (e.g. {missing[:5]}) and {len(extra)} are only in {arm!r} "
+                f"(e.g. {extra[:5]}); paired comparisons need the same (subject_id, session_id) set"
+            )
+        if seeds[arm] != seeds[first]:
+            raise ValueError(
+                f"arms {first!r} and {arm!r} were trained with different seeds: {seeds[first]} vs {seeds[arm]}"
+            )
+    frame = frame.assign(abs_error=(frame["pred"] - frame[keys.AGE]).abs())
+    ages = frame.groupby(SCAN)[keys.AGE].nunique()
+    if (ages > 1).any():
+        raise ValueError(f"scans with different ages in different arms: {ages[ages > 1].index[:5].tolist()}")
+    wide = frame.pivot_table(index=SCAN, columns="arm", values="abs_error", aggfunc="mean")[arms]
+    wide.columns.name = None
+    age = frame.groupby(SCAN)[keys.AGE].first()
+    return pd.concat([age, wide], axis=1).sort_index()
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p values (NaN entries are left out of the family and stay NaN)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _seed_bin_mae(frame: pd.DataFrame, bin_width: float) -> pd.DataFrame:
+    """MAE per arm, seed and age bin (plus ``all``) from one row per scan and seed."""
+    frame = frame.assign(
+        abs_error=(frame["pred"] - frame[keys.AGE]).abs(),
+        age_bin=metrics.age_bin_labels(frame[keys.AGE].to_numpy(float), bin_width),
     )
-    scan = ["ratio", keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE]
-    means = frame.groupby(scan, sort=True)[["abs_error", "gap", "abs_error_corrected"]].mean().reset_index()
-    counts = means.groupby("ratio").size()
-    if counts.nunique() != 1:
-        raise ValueError(f"ratios were evaluated on different test scans: {counts.to_dict()}")
-    return means
+    per_bin = frame.groupby(["arm", "seed", "age_bin"])["abs_error"].mean()
+    overall = frame.groupby(["arm", "seed"])["abs_error"].mean()
+    overall.index = pd.MultiIndex.from_tuples(
+        [(a, s, "all") for a, s in overall.index], names=per_bin.index.names
+    )
+    return pd.concat([overall, per_bin]).rename("mae").reset_index()
+
+
+def _sd(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+
+
+def _verdict(diff: float, low: float, high: float, seed_sd: float, p_holm: float) -> str:
+    exceeds_seeds = np.isnan(seed_sd) or abs(diff) > seed_sd
+    if (high < 0 or low > 0) and exceeds_seeds and not p_holm >= 0.05:
+        return "better" if diff < 0 else "worse"
+    return "no detectable effect"
+
+
+def arm_statistics(
+    predictions: pd.DataFrame,
+    *,
+    baseline: str | None = None,
+    bin_width: float = 10.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per arm and age bin (``all`` first): MAE with a subject-bootstrap 95 % CI and its seed SD, the paired
+    difference against ``baseline`` with its CI, seed SD, bootstrap p (at least ``1 / n_boot``), Holm-adjusted p over
+    the bins, and verdict.
+
+    Each scan's error is averaged over seeds first, so the CIs resample test subjects; the seed SD is the
+    standard deviation over seeds of the per-seed MAE (or of the per-seed difference, seeds paired by value).
+    """
+    frame = _with_arm(predictions)
+    arms = list(dict.fromkeys(frame["arm"]))
+    baseline = baseline if baseline is not None else ("real" if "real" in arms else arms[0])
+    if baseline not in arms:
+        raise ValueError(f"baseline arm {baseline!r} is not among the arms {arms}")
+    wide = paired_errors(frame, [baseline, *[a for a in arms if a != baseline]])
+    subjects = wide.index.get_level_values(keys.SUBJECT_ID).to_numpy()
+    ages = wide[keys.AGE].to_numpy(float)
+    bins = metrics.age_bin_labels(ages, bin_width)
+    labels = ["all", *sorted(set(bins), key=lambda b: float(b[1:].split(",")[0]))]
+    per_seed = _seed_bin_mae(frame, bin_width).set_index(["arm", "seed", "age_bin"])["mae"]
+    ratios = frame.groupby("arm")["ratio"].first() if "ratio" in frame.columns else pd.Series(0.0, index=arms)
+    rows = []
+    for arm in arms:
+        for label in labels:
+            mask = np.ones(ages.size, bool) if label == "all" else bins == label
+            err = wide[arm].to_numpy()[mask]
+            ci = metrics.bootstrap_ci(
+                err, err, groups=subjects[mask], statistic=_mean, n_boot=n_boot, seed=seed
+            )
+            seed_mae = per_seed.xs((arm, label), level=("arm", "age_bin"))
+            row = {
+                "arm": arm,
+                "ratio": float(ratios.get(arm, 0.0)),
+                "age_bin": label,
+                "n": int(mask.sum()),
+                "n_seeds": int(seed_mae.size),
+                "mae_years": ci.estimate,
+                "mae_low_years": ci.low,
+                "mae_high_years": ci.high,
+                "mae_seed_sd_years": _sd(seed_mae.to_numpy()),
+            }
+            if arm == baseline:
+                row.update(diff_years=0.0, diff_low_years=0.0, diff_high_years=0.0, diff_seed_sd_years=0.0)
+                row.update(p_bootstrap=1.0, p_wilcoxon=1.0)
+            else:
+                base_err = wide[baseline].to_numpy()[mask]
+                paired = (
+                    metrics.paired_error_test(base_err, err, groups=subjects[mask], n_boot=n_boot, seed=seed)
+                    if mask.sum() >= 2
+                    else None
+                )
+                base_seed = per_seed.xs((baseline, label), level=("arm", "age_bin"))
+                seed_diff = (seed_mae - base_seed.reindex(seed_mae.index)).to_numpy()
+                row.update(
+                    diff_years=float(err.mean() - base_err.mean()),
+                    diff_low_years=paired.diff.low if paired else float("nan"),
+                    diff_high_years=paired.diff.high if paired else float("nan"),
+                    diff_seed_sd_years=_sd(seed_diff),
+                    # a bootstrap p of 0 means "below the resolution 1 / n_boot", not 0
+                    p_bootstrap=max(paired.p_bootstrap, 1.0 / n_boot) if paired else float("nan"),
+                    p_wilcoxon=paired.p_wilcoxon if paired else float("nan"),
+                )
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = np.nan
+    for arm in arms:
+        if arm == baseline:
+            continue
+        rows_bins = (table["arm"] == arm) & (table["age_bin"] != "all")
+        table.loc[rows_bins, "p_holm"] = holm(table.loc[rows_bins, "p_bootstrap"].to_numpy())
+    table["verdict"] = [
+        "baseline"
+        if r.arm == baseline
+        else _verdict(
+            r.diff_years,
+            r.diff_low_years,
+            r.diff_high_years,
+            r.diff_seed_sd_years,
+            r.p_bootstrap if r.age_bin == "all" else r.p_holm,
+        )
+        for r in table.itertuples()
+    ]
+    return table
+
+
+def _mean(values: np.ndarray, _unused: np.ndarray) -> float:
+    return float(np.mean(values))
 
 
 def compare_predictions(
@@ -111,62 +356,38 @@ def compare_predictions(
     bin_width: float = 10.0,
     n_boot: int = 1000,
     seed: int = 0,
+    baseline: str | None = None,
 ) -> ComparisonResult:
     """Build the comparison tables and plot from long-format test predictions (see module docstring)."""
     out_dir = Path(out_dir)
-    errors = _errors_by_ratio(predictions)
-    ratios = list(dict.fromkeys(predictions["ratio"]))
-    base = errors[errors["ratio"] == ratios[0]].reset_index(drop=True)
-    bins, rows = [], []
-    for ratio in ratios:
-        cur = errors[errors["ratio"] == ratio].reset_index(drop=True)
-        groups = cur[keys.SUBJECT_ID].to_numpy()
-        table = metrics.per_bin_table(
-            cur[keys.AGE],
-            cur["abs_error"],
-            gap=cur["gap"],
-            groups=groups,
-            bin_width=bin_width,
-            n_boot=n_boot,
-            seed=seed,
-        )
-        bins.append(table.assign(ratio=ratio))
-        seed_mae = (
-            predictions[predictions["ratio"] == ratio]
-            .groupby("seed")
-            .apply(lambda g: metrics.mae(g[keys.AGE], g["pred"]), include_groups=False)
-        )
-        paired = metrics.paired_error_test(
-            base["abs_error"], cur["abs_error"], groups=groups, n_boot=n_boot, seed=seed
-        )
-        overall = table.iloc[0]
-        rows.append(
-            {
-                "ratio": ratio,
-                "n_test": int(overall["n"]),
-                "n_seeds": int(seed_mae.size),
-                "mae_years": overall["mae_years"],
-                "mae_low_years": overall["mae_low_years"],
-                "mae_high_years": overall["mae_high_years"],
-                "mae_corrected_years": float(cur["abs_error_corrected"].mean()),
-                "mae_seed_sd_years": float(seed_mae.std(ddof=1)) if seed_mae.size > 1 else float("nan"),
-                "diff_vs_baseline_years": paired.diff.estimate,
-                "diff_low_years": paired.diff.low,
-                "diff_high_years": paired.diff.high,
-                "p_bootstrap": paired.p_bootstrap,
-                "p_wilcoxon": paired.p_wilcoxon,
-            }
-        )
-    bins_frame = pd.concat(bins, ignore_index=True)
-    bins_frame = bins_frame[["ratio", *[c for c in bins_frame.columns if c != "ratio"]]]
-    summary = pd.DataFrame(rows)
+    predictions = _with_arm(predictions)
+    bins_frame = arm_statistics(predictions, baseline=baseline, bin_width=bin_width, n_boot=n_boot, seed=seed)
+    summary = (
+        bins_frame[bins_frame["age_bin"] == "all"].drop(columns=["age_bin", "p_holm"]).reset_index(drop=True)
+    )
+    corrected = (
+        predictions.assign(err=(predictions["pred_corrected"] - predictions[keys.AGE]).abs())
+        .groupby(["arm", *SCAN])["err"]
+        .mean()
+        .groupby("arm")
+        .mean()
+    )
+    summary.insert(
+        summary.columns.get_loc("mae_seed_sd_years"), "mae_corrected_years", summary["arm"].map(corrected)
+    )
+    summary = summary.rename(
+        columns={
+            "n": "n_test",
+            "diff_years": "diff_vs_baseline_years",
+        }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table_atomic(out_dir / "test_predictions.csv", predictions)
     write_table_atomic(out_dir / "comparison_bins.csv", bins_frame)
     write_table_atomic(out_dir / "comparison.csv", summary)
     write_text_atomic(out_dir / "comparison_bins.md", markdown_table(bins_frame))
     write_text_atomic(out_dir / "comparison.md", markdown_table(summary))
-    _plot_bins(bins_frame, out_dir / "comparison_bins.png")
+    plot_bins(bins_frame, out_dir / "comparison_bins.png")
     return ComparisonResult(out_dir, predictions, bins_frame, summary)
 
 
@@ -184,29 +405,45 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _plot_bins(bins: pd.DataFrame, path: Path) -> None:
+def plot_bins(
+    bins: pd.DataFrame, path: str | Path, *, reference: pd.DataFrame | None = None, title: str | None = None
+) -> Path:
+    """Per-bin test MAE with 95 % CI bars, every arm on one axis (points slightly offset per arm).
+
+    ``reference`` (optional; columns ``age_bin``, ``mae_years``, ``mae_low_years``, ``mae_high_years`` and
+    ``label``) is drawn as a grey dashed line with its band, e.g. a ridge regression on true region volumes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per_bin = bins[bins["age_bin"] != "all"]
-    labels = list(dict.fromkeys(per_bin["age_bin"]))
-    ratios = list(dict.fromkeys(per_bin["ratio"]))
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 4))
-    width = 0.8 / max(len(ratios), 1)
-    for i, ratio in enumerate(ratios):
-        rows = per_bin[per_bin["ratio"] == ratio].set_index("age_bin").reindex(labels)
-        x = np.arange(len(labels)) + (i - (len(ratios) - 1) / 2) * width
+    labels = sorted(dict.fromkeys(per_bin["age_bin"]), key=lambda b: float(b[1:].split(",")[0]))
+    arms = list(dict.fromkeys(per_bin["arm"]))
+    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 4, 4.2))
+    x0 = np.arange(len(labels))
+    if reference is not None and not reference.empty:
+        ref = reference[reference["age_bin"] != "all"].set_index("age_bin").reindex(labels)
+        ax.fill_between(x0, ref["mae_low_years"], ref["mae_high_years"], color="0.85", step=None, zorder=0)
+        ax.plot(x0, ref["mae_years"], "--", color="0.4", label=str(reference["label"].iloc[0]), zorder=1)
+    width = 0.6 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+        rows = per_bin[per_bin["arm"] == arm].set_index("age_bin").reindex(labels)
+        x = x0 + (i - (len(arms) - 1) / 2) * width
         err = np.vstack(
             [rows["mae_years"] - rows["mae_low_years"], rows["mae_high_years"] - rows["mae_years"]]
         )
-        ax.bar(x, rows["mae_years"], width, yerr=err, capsize=2, label=f"ratio {ratio:g}")
-    ax.set_xticks(np.arange(len(labels)), labels)
+        ax.errorbar(x, rows["mae_years"], yerr=err, fmt="o-", ms=4, capsize=2, lw=1, label=arm, zorder=2)
+    ax.set_xticks(x0, labels)
     ax.set_xlabel("age bin (years)")
     ax.set_ylabel("test MAE (years), 95 % CI")
-    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
+    path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+    return path

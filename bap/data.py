@@ -369,7 +369,8 @@ class AgeDataset(Dataset):
     """``(1, X, Y, Z)`` image tensors with their ages; optional flip/shift augmentation.
 
     Augmentation is drawn from ``(seed, epoch, index)``, so it is identical whatever the number of workers or
-    processes, and after a resume.
+    processes, and after a resume. An index ``i >= len(self)`` reads scan ``i % len(self)`` with its own draw (a
+    sampler that repeats a scan within an epoch passes ``i + k * len(self)`` for its ``k``-th repeat).
     """
 
     def __init__(
@@ -389,11 +390,12 @@ class AgeDataset(Dataset):
         return len(self.ages)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
+        j = int(i) % len(self.ages)
+        x = self.images[j]
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, int(i)])
             if rng.random() < 0.5:
                 x = x[::-1]  # axis 0 is left-right in RAS/LAS-ordered volumes
             shifts = rng.integers(-self.shift, self.shift + 1, size=3)
             x = np.roll(x, tuple(int(s) for s in shifts), axis=(0, 1, 2))
-        return torch.from_numpy(np.ascontiguousarray(x)[None]), torch.tensor(self.ages[i])
+        return torch.from_numpy(np.ascontiguousarray(x)[None]), torch.tensor(self.ages[j])

@@ -57,7 +57,16 @@ from flowlet.data.io import write_json_atomic, write_table_atomic, write_text_at
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AgeObjective", "TrainResult", "predict_images", "seed_everything", "selection_score", "train"]
+__all__ = [
+    "AgeObjective",
+    "EpochSubsetSampler",
+    "TrainResult",
+    "WeightedEpochSampler",
+    "predict_images",
+    "seed_everything",
+    "selection_score",
+    "train",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +81,8 @@ def seed_everything(seed: int) -> None:
 class AgeObjective(nn.Module):
     """Model + loss in one module, so that DDP sees one forward per step.
 
-    ``forward(x, age)`` returns ``(loss, pred)`` with ``loss`` a scalar and ``pred`` ``(B,)`` ages.
+    ``forward(x, age, weight=None)`` returns ``(loss, pred)`` with ``loss`` a scalar and ``pred`` ``(B,)`` ages.
+    ``weight`` ``(B,)`` weights each scan's loss in a weighted batch mean (per-age-bin loss weights).
     """
 
     def __init__(self, model: nn.Module, loss: str) -> None:
@@ -80,12 +90,27 @@ class AgeObjective(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, x: torch.Tensor, age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, age: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.loss == "sfcn_kl":
             log_probs = self.model.log_probs(x)
-            return self.model.kl_loss(log_probs, age), self.model.expected_age(log_probs)
+            if weight is None:
+                return self.model.kl_loss(log_probs, age), self.model.expected_age(log_probs)
+            from bap.sfcn import soft_age_labels
+
+            target = soft_age_labels(age.float(), self.model.bin_centers, self.model.sigma)
+            per_scan = torch.nn.functional.kl_div(log_probs, target, reduction="none").sum(dim=1)
+            return _weighted_mean(per_scan, weight), self.model.expected_age(log_probs)
         pred = self.model(x).float()
-        return torch.mean(torch.abs(pred - age)), pred
+        error = torch.abs(pred - age)
+        return (torch.mean(error) if weight is None else _weighted_mean(error, weight)), pred
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum(w * v) / sum(w)`` over the batch: a rare scan weighs more than a common one, but the loss (and the
+    gradient) stays on the scale of an unweighted mean however large the weights of the sparsest bins are."""
+    return torch.sum(weight * values) / torch.clamp(torch.sum(weight), min=1e-12)
 
 
 @dataclass(frozen=True)
@@ -152,6 +177,73 @@ class EpochSubsetSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.per_process
+
+
+class WeightedEpochSampler(torch.utils.data.Sampler):
+    """Each epoch, ``per_epoch`` draws with replacement, scan ``i`` with probability ``weights[i] / sum(weights)``
+    (seeded by ``seed + epoch``), split across ``world`` processes like :class:`EpochSubsetSampler`.
+
+    The ``k``-th repeat of scan ``i`` within an epoch is yielded as the index ``i + k * n``; :class:`AgeDataset`
+    reads scan ``i`` and seeds its random flip and shift with the full index, so repeated draws of a scan are
+    augmented differently (and reproducibly).
+    """
+
+    def __init__(
+        self, weights: np.ndarray, per_epoch: int, *, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim != 1 or weights.size == 0 or np.any(weights < 0) or not weights.sum() > 0:
+            raise ValueError(
+                "draw weights must be a non-empty vector of non-negative numbers with a positive sum"
+            )
+        if per_epoch < 1:
+            raise ValueError(f"per_epoch must be >= 1, got {per_epoch}")
+        self.probabilities = torch.from_numpy(weights / weights.sum())
+        self.n, self.seed, self.rank, self.world = weights.size, seed, rank, world
+        self.per_process = max(per_epoch // world, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws(self) -> np.ndarray:
+        """Scan indices (``0..n-1``) of this epoch's draws, all processes together."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        chosen = torch.multinomial(
+            self.probabilities, self.per_process * self.world, replacement=True, generator=g
+        )
+        return chosen.numpy()
+
+    def __iter__(self):
+        chosen = self.draws()
+        seen: dict[int, int] = {}
+        virtual = []
+        for i in chosen.tolist():
+            k = seen.get(i, 0)
+            seen[i] = k + 1
+            virtual.append(i + k * self.n)
+        return iter(virtual[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return self.per_process
+
+
+class _WithWeights(torch.utils.data.Dataset):
+    """A dataset whose items also carry a per-scan loss weight: ``(x, age, weight)``."""
+
+    def __init__(self, dataset: AgeDataset, weights: np.ndarray) -> None:
+        self.dataset = dataset
+        self.weights = np.asarray(weights, dtype=np.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, age = self.dataset[i]
+        return x, age, torch.tensor(self.weights[i % len(self.weights)])
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int]:
@@ -226,6 +318,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    draw_weights: np.ndarray | None = None,
+    loss_weights: np.ndarray | None = None,
 ) -> TrainResult:
     """Train one brain-age model and evaluate it.
 
@@ -237,6 +331,10 @@ def train(
         progress: show a progress bar per epoch.
         stop_after_epochs: run at most this many epochs in this call (for time-limited jobs; continue later with
             ``resume=True``). The schedule still follows ``cfg.train.epochs``.
+        draw_weights: one non-negative weight per training scan (in ``data.indices("train")`` order): each
+            epoch draws as many scans as there are real training scans, with replacement, scan ``i`` with
+            probability proportional to its weight (oversampling; see :class:`WeightedEpochSampler`).
+        loss_weights: one weight per training scan multiplying its loss (re-weighting).
 
     Returns:
         :class:`TrainResult`; the predictions use the best-validation checkpoint.
@@ -282,7 +380,17 @@ def train(
         shift=cfg.data.shift_voxels,
         seed=cfg.train.seed,
     )
-    if cfg.train.epoch_size == "real":
+    for name, weights in (("draw_weights", draw_weights), ("loss_weights", loss_weights)):
+        if weights is not None and np.shape(weights) != (train_idx.size,):
+            raise ValueError(
+                f"{name}: expected {train_idx.size} values (one per training scan), got {np.shape(weights)}"
+            )
+    if loss_weights is not None:
+        dataset = _WithWeights(dataset, loss_weights)
+    if draw_weights is not None:
+        n_real = int((data.table[SOURCE].to_numpy()[train_idx] == "real").sum())
+        sampler = WeightedEpochSampler(draw_weights, n_real, seed=cfg.train.seed, rank=rank, world=world)
+    elif cfg.train.epoch_size == "real":
         n_real = int((data.table[SOURCE].to_numpy()[train_idx] == "real").sum())
         sampler = EpochSubsetSampler(len(dataset), n_real, seed=cfg.train.seed, rank=rank, world=world)
     else:
@@ -338,10 +446,11 @@ def train(
             leave=False,
             disable=not progress or rank != 0,
         )
-        for x, age in bar:
-            x, age = x.to(device), age.to(device)
+        for batch in bar:
+            x, age = batch[0].to(device), batch[1].to(device)
+            weight = batch[2].to(device) if len(batch) > 2 else None
             with _autocast(device, cfg.train.bf16):
-                loss, pred = objective(x, age)
+                loss, pred = objective(x, age, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

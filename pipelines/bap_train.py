@@ -5,6 +5,8 @@ Example::
     bap-train --real data/real --config demo --out runs/bap-demo
     bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --config paper --out runs/paper-0.5
     bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/compare
+    bap-train --real data/real --synthetic data/synth --arms real,oversample,reweight,synthetic:0.5 --seeds 3 \
+        --out runs/arms
     torchrun --nproc-per-node 2 -m pipelines.bap_train --real data/real --config paper --out runs/ddp
 
 Next to the CNN, a ridge regression on region volumes is fitted on the same training subjects (``--baseline``):
@@ -34,6 +36,8 @@ _EXAMPLE = """examples:
   bap-train --real data/real --config demo --out runs/bap-demo
   bap-train --real data/real --synthetic data/synth --synthetic-ratio 0.5 --out runs/r0.5
   bap-train --real data/real --synthetic data/synth --compare 0,0.5,1.0 --seeds 3 --out runs/cmp
+  bap-train --real data/real --synthetic data/synth --test data/external \
+      --arms real,oversample,reweight,synthetic:0.5,synthetic:1 --seeds 3 --out runs/arms
   bap-train --real data/real --config demo --set train.lr=3e-3 --set model.options.channels=[8,16,32] --out r
   bap-train --real prep --config default --init ukb_sfcn.p --init-skip-head --out runs/sfcn-ukb
   bap-train --real prep --config cpu-4mm --baseline-features regions/volumes.tsv --out runs/with-ridge
@@ -74,12 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override any config field; VALUE is parsed as YAML (repeatable)",
     )
-    p.add_argument("--compare", help="comma-separated synthetic ratios to compare, e.g. 0,0.5,1.0")
+    p.add_argument(
+        "--compare",
+        help="comma-separated synthetic ratios to compare, e.g. 0,0.5,1.0 (= --arms real,synthetic:0.5,synthetic:1)",
+    )
+    p.add_argument(
+        "--arms",
+        help="comma-separated arms to compare at the same number of optimiser steps: real, oversample, reweight, "
+        "synthetic:R, synthetic-filtered:R (e.g. real,oversample,reweight,synthetic:0.5)",
+    )
+    p.add_argument(
+        "--synthetic-filtered",
+        help="filtered synthetic cohort (e.g. only the samples that passed a quality gate) for synthetic-filtered:R",
+    )
     p.add_argument(
         "--seeds",
         type=bounded_int(1, 1000),
         default=1,
-        help="training seeds per ratio with --compare (default 1)",
+        help="training seeds per arm with --compare/--arms (default 1)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (single run only)")
     p.add_argument(
@@ -183,16 +199,21 @@ def run(args: argparse.Namespace) -> int:
     from flowlet.data.cohort import load_cohort
     from flowlet.data.outputs import check_outside_inputs, output_folder
 
-    inputs = [args.real, args.synthetic, args.test, args.config]
+    inputs = [args.real, args.synthetic, args.synthetic_filtered, args.test, args.config]
     check_outside_inputs(args.out, inputs)
     cfg = build_config(args)
     real = load_cohort(args.real).table
     synthetic = load_cohort(args.synthetic).table if args.synthetic else None
     test = load_cohort(args.test).table if args.test else None
-    if args.compare and args.resume:
-        raise ValueError("--resume continues one run; it cannot be combined with --compare")
-    if args.compare and (args.baseline_features or args.baseline == "ridge"):
-        raise ValueError("the ridge baseline is reported for a single run; drop it or --compare")
+    comparing = bool(args.compare or args.arms)
+    if comparing and args.resume:
+        raise ValueError("--resume continues one run; it cannot be combined with --compare or --arms")
+    if args.compare and args.arms:
+        raise ValueError("give --compare (ratios) or --arms, not both")
+    if comparing and (args.baseline_features or args.baseline == "ridge"):
+        raise ValueError("the ridge baseline is reported for a single run; drop it or --compare/--arms")
+    arms = _arms(args) if comparing else None
+    filtered = load_cohort(args.synthetic_filtered).table if args.synthetic_filtered else None
     with output_folder(
         args.out,
         command="bap-train",
@@ -202,26 +223,38 @@ def run(args: argparse.Namespace) -> int:
         reuse_hint="use --resume to continue it, or --overwrite to train again from scratch",
         legacy=lambda folder: (folder / "last.pt").is_file(),  # a run of an earlier version
     ) as folder:
-        code = _train(args, cfg, real, synthetic, test)
+        code = _train(args, cfg, real, synthetic, test, arms, filtered)
         if not args.resume:
             folder.remove_previous()  # an earlier run's files that this one did not write again (epoch-*.pt...)
     return code
 
 
-def _train(args: argparse.Namespace, cfg, real, synthetic, test) -> int:
+def _arms(args: argparse.Namespace) -> list:
+    """The arms of ``--arms``, or those of the ratios of ``--compare`` (0 is the real-only arm)."""
+    from bap.arms import parse_arms, ratios_to_arms
+
+    if args.arms:
+        return parse_arms(args.arms)
+    try:
+        return ratios_to_arms([float(r) for r in args.compare.split(",") if r.strip()])
+    except ValueError:
+        raise ValueError(f"--compare {args.compare!r}: expected comma-separated numbers") from None
+
+
+def _train(args: argparse.Namespace, cfg, real, synthetic, test, arms, filtered) -> int:
     from bap.compare import run_comparison
     from bap.data import prepare_data
     from bap.train import train
 
-    if args.compare:
-        ratios = [float(r) for r in args.compare.split(",") if r.strip()]
+    if arms is not None:
         result = run_comparison(
             cfg,
             real,
             args.out,
-            ratios=ratios,
+            arms=arms,
             n_seeds=args.seeds,
             synthetic=synthetic,
+            filtered_synthetic=filtered,
             test=test,
             progress=not args.no_progress,
         )

@@ -1,7 +1,7 @@
 """The study configuration: frozen dataclasses read from ``configs/study/<name>.yaml`` with ``yaml.safe_load``.
 
-Sections: ``cohort`` (phantoms or a path), ``split``, ``generator`` (checkpoint or training config), ``augment``,
-``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
+Sections: ``cohort`` (phantoms or a path), ``test`` (optional external test cohort: balanced phantoms or a path),
+``split``, ``generator`` (checkpoint or training config), ``augment``, ``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
 """
 
 from __future__ import annotations
@@ -40,8 +40,40 @@ class CohortSection:
 
 
 @dataclass(frozen=True)
+class TestPhantomSection:
+    """A balanced phantom test cohort: ``per_bin`` subjects in every ``bin_width``-year bin that the training
+    cohort's ages span (ages uniform inside each bin, clipped to the training cohort's age range).
+
+    ``voxel_size`` and ``sites`` default to the training cohort's (for a cohort path: its image voxel size and 3
+    sites); ``label_prefix`` keeps subject ids apart.
+    """
+
+    per_bin: int = 20
+    bin_width: float = 10.0
+    seed: int = 1001
+    voxel_size: int | None = None
+    sites: int | None = None
+    label_prefix: str = "test"
+
+
+@dataclass(frozen=True)
+class TestSection:
+    """An external test cohort: ``path`` (anything ``flowlet.data.load_cohort`` reads) or ``phantoms``.
+
+    When given, the training cohort is split into train/val only (``split.fractions`` train and val, rescaled)
+    and every test scan comes from this cohort. Its subject ids must differ from the training cohort's.
+    """
+
+    path: str | None = None
+    phantoms: TestPhantomSection | None = None
+
+
+@dataclass(frozen=True)
 class SplitSection:
-    """Subject-level split shared by every stage (FlowLet and augmentation see only ``train``)."""
+    """Subject-level split shared by every stage (FlowLet and augmentation see only ``train``).
+
+    With an external ``test`` cohort only the first two fractions (train, val) are used, rescaled to sum to 1.
+    """
 
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
@@ -78,12 +110,25 @@ class AugmentSection:
 
 @dataclass(frozen=True)
 class BapSection:
-    """Brain-age comparison: a packaged ``configs/bap`` name or a YAML path, ratios and seeds."""
+    """Brain-age comparison: a packaged ``configs/bap`` name or a YAML path, arms and seeds.
+
+    ``arms`` (``real``, ``oversample``, ``reweight``, ``synthetic:R``, ``synthetic-filtered:R``; see
+    :mod:`bap.arms`) replaces the older ``ratios`` (0 = ``real``, R = ``synthetic:R``), which is used when
+    ``arms`` is empty. ``filtered_synthetic`` is the cohort of the ``synthetic-filtered:R`` arms.
+    """
 
     config: str = "demo"
+    arms: tuple[str, ...] = ()
     ratios: tuple[float, ...] = (0.0, 0.5, 1.0)
-    seeds: int = 2
+    seeds: int = 3
+    filtered_synthetic: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def arm_list(self):
+        """The parsed arms (:class:`bap.arms.Arm`)."""
+        from bap.arms import parse_arms, ratios_to_arms
+
+        return parse_arms(list(self.arms)) if self.arms else ratios_to_arms(list(self.ratios))
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,7 @@ class ReportSection:
 class StudyConfig:
     name: str = "study"
     cohort: CohortSection = field(default_factory=CohortSection)
+    test: TestSection | None = None
     split: SplitSection = field(default_factory=SplitSection)
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
@@ -133,17 +179,40 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
         raise StudyConfigError(str(exc)) from exc
     if (config.cohort.path is None) == (config.cohort.phantoms is None):
         raise StudyConfigError(f"{source}: cohort needs exactly one of 'path' or 'phantoms'")
+    if config.test is not None:
+        t = config.test
+        if (t.path is None) == (t.phantoms is None):
+            raise StudyConfigError(f"{source}: test needs exactly one of 'path' or 'phantoms'")
+        if t.phantoms is not None:
+            if t.phantoms.per_bin < 1 or t.phantoms.bin_width <= 0:
+                raise StudyConfigError(f"{source}: test.phantoms needs per_bin >= 1 and bin_width > 0")
+            if t.phantoms.label_prefix and not t.phantoms.label_prefix.isalnum():
+                raise StudyConfigError(f"{source}: test.phantoms.label_prefix must be letters and digits")
+        if config.split.fractions[0] <= 0 or config.split.fractions[1] <= 0:
+            raise StudyConfigError(f"{source}: split.fractions needs train and val > 0 with a test cohort")
     if (config.generator.checkpoint is None) == (config.generator.train_config is None):
         raise StudyConfigError(f"{source}: generator needs exactly one of 'checkpoint' or 'train_config'")
     if abs(sum(config.split.fractions) - 1.0) > 1e-6 or len(config.split.fractions) != 3:
         raise StudyConfigError(f"{source}: split.fractions must be three numbers summing to 1")
-    if not config.bap.ratios:
-        raise StudyConfigError(f"{source}: bap.ratios must list at least one ratio")
+    if not config.bap.arms and not config.bap.ratios:
+        raise StudyConfigError(f"{source}: bap.arms must list at least one arm")
+    try:
+        arms = config.bap.arm_list()
+    except ValueError as exc:
+        raise StudyConfigError(f"{source}: bap.arms: {exc}") from exc
+    if config.bap.seeds < 1:
+        raise StudyConfigError(f"{source}: bap.seeds must be >= 1")
+    largest = max((a.ratio for a in arms if a.kind == "synthetic"), default=0.0)
     ratio = config.augment.synthetic_ratio
-    if ratio is not None and max(config.bap.ratios) > ratio + 1e-9:
+    if ratio is not None and largest > ratio + 1e-9:
         raise StudyConfigError(
-            f"{source}: bap.ratios go up to {max(config.bap.ratios):g} but augment.synthetic_ratio is {ratio:g}; "
+            f"{source}: bap arms use synthetic ratios up to {largest:g} but augment.synthetic_ratio is {ratio:g}; "
             "the augmentation must make at least as many synthetic brains as the largest BAP ratio uses"
+        )
+    if any(a.kind == "synthetic-filtered" for a in arms) and config.bap.filtered_synthetic is None:
+        raise StudyConfigError(
+            f"{source}: bap.arms has a synthetic-filtered arm but bap.filtered_synthetic (the filtered synthetic "
+            "cohort's folder) is not set"
         )
     return config
 

@@ -1,8 +1,10 @@
 """The study report: one self-contained HTML file plus the tables it shows.
 
-The first section states the conclusion in plain words with its uncertainty, including when the answer is "no
-detectable effect": per synthetic ratio, the paired difference of test MAE against real-only training (subject-level
-bootstrap 95 % CI and Wilcoxon p), overall and in the age bins where real training data were scarcest.
+The first section states the conclusion in plain words with its uncertainty, including "no detectable effect"
+where that is the answer: the arms (real-only, oversampling, re-weighting, synthetic ratios) ranked by test MAE in
+the sparse age bins and overall, each with its paired difference against real-only training (subject-level
+bootstrap 95 % CI) and the seed-to-seed spread of that difference. The sparse bins are fixed from the *training*
+histogram before any test result is read (:func:`sparse_bins`); per-bin tests are Holm-adjusted over the bins.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from pipelines.study.config import StudyConfig
 from pipelines.study.html import HtmlReport
 from pipelines.study.runner import StageContext
 
-__all__ = ["bin_effects", "conclusion_sentences", "fidelity_sentences", "run_report"]
+__all__ = [
+    "SPARSE_RULE",
+    "conclusion_sentences",
+    "fidelity_sentences",
+    "reference_bins",
+    "run_report",
+    "sparse_bins",
+    "sparse_statistics",
+]
 
 
 def _path(ctx: StageContext, stage: str, key: str) -> Path | None:
@@ -31,112 +41,149 @@ def _path(ctx: StageContext, stage: str, key: str) -> Path | None:
     return None if value is None else ctx.study_dir / value
 
 
-def bin_effects(
-    predictions: pd.DataFrame, *, bin_width: float, n_boot: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """Per age bin and ratio: MAE of real-only and with synthetic data, and their paired difference with its CI.
+#: The rule that picks the sparse bins, stated in the report.
+SPARSE_RULE = (
+    "A sparse bin is an age bin that the training split spans but that holds fewer than half the training scans a "
+    "uniform histogram would give it (n_bin < N_train / (2 K), K = the bins the training split spans), and that "
+    "has at least 2 test scans; the rule reads only the training histogram and the test counts, never a test "
+    "result."
+)
 
-    Errors are averaged over training seeds per test scan first, so each scan counts once.
-    """
-    from bap.metrics import paired_error_test
 
-    frame = predictions.assign(abs_error=(predictions["pred"] - predictions[keys.AGE]).abs())
-    scans = (
-        frame.groupby(["ratio", keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE])["abs_error"].mean().reset_index()
+def sparse_bins(split: pd.DataFrame, bin_width: float, *, min_test: int = 2) -> list[str]:
+    """The sparse bins of :data:`SPARSE_RULE`, in age order, labelled like ``bap.metrics.age_bin_labels``."""
+    from bap.metrics import age_bin_labels
+
+    train_ages = split.loc[split[keys.SPLIT] == "train", keys.AGE].to_numpy(float)
+    test_ages = split.loc[split[keys.SPLIT] == "test", keys.AGE].to_numpy(float)
+    if train_ages.size == 0:
+        return []
+    lows = np.arange(np.floor(train_ages.min() / bin_width), np.floor(train_ages.max() / bin_width) + 1)
+    spanned = age_bin_labels(lows * bin_width, bin_width)
+    train = pd.Series(age_bin_labels(train_ages, bin_width)).value_counts().reindex(spanned, fill_value=0)
+    test = pd.Series(age_bin_labels(test_ages, bin_width), dtype=object).value_counts()
+    share = train_ages.size / (2 * len(spanned))
+    return [b for b in spanned if train[b] < share and test.get(b, 0) >= min_test]
+
+
+def sparse_statistics(
+    predictions: pd.DataFrame, sparse: list[str], *, bin_width: float, n_boot: int, seed: int
+):
+    """Every arm on the test scans of the sparse bins pooled (one test per arm, no multiplicity across bins)."""
+    from bap.compare import arm_statistics
+    from bap.metrics import age_bin_labels
+
+    if not sparse:
+        return None
+    inside = np.isin(age_bin_labels(predictions[keys.AGE].to_numpy(float), bin_width), sparse)
+    if inside.sum() == 0:
+        return None
+    table = arm_statistics(predictions[inside], bin_width=bin_width, n_boot=n_boot, seed=seed)
+    return table[table["age_bin"] == "all"].reset_index(drop=True)
+
+
+def reference_bins(split: pd.DataFrame, bin_width: float, *, n_boot: int, seed: int) -> pd.DataFrame | None:
+    """Per-bin MAE [95 % CI] of the ridge regression on true region volumes, on the study's test scans."""
+    from bap import metrics
+    from pipelines.study.reference import REFERENCE_LABEL, ridge_on_true_volumes
+
+    pred = ridge_on_true_volumes(split)
+    if pred is None:
+        return None
+    ages = pred[keys.AGE].to_numpy(float)
+    table = metrics.per_bin_table(
+        ages,
+        np.abs(pred["pred"].to_numpy() - ages),
+        gap=pred["pred"].to_numpy() - ages,
+        groups=pred[keys.SUBJECT_ID].to_numpy(),
+        bin_width=bin_width,
+        n_boot=n_boot,
+        seed=seed,
     )
-    ratios = sorted(scans["ratio"].unique())
-    base = scans[scans["ratio"] == ratios[0]].sort_values([keys.SUBJECT_ID, keys.SESSION_ID])
-    low = np.floor(base[keys.AGE] / bin_width) * bin_width
-    base = base.assign(bin=[f"{a:g}-{a + bin_width:g}" for a in low])
-    rows = []
-    for ratio in ratios[1:]:
-        cur = scans[scans["ratio"] == ratio].sort_values([keys.SUBJECT_ID, keys.SESSION_ID])
-        for label in [*sorted(base["bin"].unique(), key=lambda b: float(b.split("-")[0])), "all"]:
-            mask = np.ones(len(base), bool) if label == "all" else (base["bin"] == label).to_numpy()
-            if mask.sum() < 2:
-                continue
-            test = paired_error_test(
-                base["abs_error"].to_numpy()[mask],
-                cur["abs_error"].to_numpy()[mask],
-                groups=base[keys.SUBJECT_ID].to_numpy()[mask],
-                n_boot=n_boot,
-                seed=seed,
-            )
-            rows.append(
-                {
-                    "ratio": ratio,
-                    "age_bin": label,
-                    "n_test": int(mask.sum()),
-                    "mae_real_only": test.mae_a,
-                    "mae_augmented": test.mae_b,
-                    "diff_years": test.diff.estimate,
-                    "diff_low": test.diff.low,
-                    "diff_high": test.diff.high,
-                    "p_bootstrap": test.p_bootstrap,
-                    "p_wilcoxon": test.p_wilcoxon,
-                }
-            )
-    return pd.DataFrame(rows)
+    return table.assign(label=REFERENCE_LABEL)
 
 
-def _verdict(row: pd.Series) -> str:
-    if row["diff_high"] < 0:
-        return "reduced"
-    if row["diff_low"] > 0:
-        return "increased"
-    return "did not detectably change"
+def _ci(row, prefix: str) -> str:
+    return f"[{row[prefix + '_low_years']:.2f}, {row[prefix + '_high_years']:.2f}]"
 
 
-def _training_length_sentence(config) -> str:
-    """How training length compares across ratios (``train.epoch_size`` of the resolved BAP config)."""
-    from pipelines.study.stages import load_bap_config
-
-    epoch_size = load_bap_config(config.bap.config, config.bap.overrides).train.epoch_size
-    if epoch_size == "real":
-        return (
-            "Every ratio trains for the same number of optimiser steps (each epoch draws as many scans as there are "
-            "real training scans from the mixed pool, train.epoch_size: real), so differences are not an effect of "
-            "training length. "
-        )
+def _effect(row) -> str:
     return (
-        "Training runs for the same number of epochs at every ratio, so runs with synthetic data also take more "
-        "optimiser steps; an effect that disappears when real-only training is given more epochs is an effect of "
-        "training length, not of the synthetic brains (train.epoch_size: real removes this). "
+        f"{row['diff_years']:+.2f} y, 95 % CI [{row['diff_low_years']:+.2f}, {row['diff_high_years']:+.2f}], "
+        f"seed SD {row['diff_seed_sd_years']:.2f}"
     )
 
 
-#: Below this many test scans in a bin, the conclusion warns that the bin's bootstrap interval is not reliable.
-FEW_TEST_SCANS = 10
+def _ranking(rows: pd.DataFrame) -> str:
+    ranked = rows.sort_values("mae_years", kind="stable")
+    return "; ".join(f"{r['arm']} {r['mae_years']:.2f} {_ci(r, 'mae')}" for _, r in ranked.iterrows())
 
 
-def conclusion_sentences(effects: pd.DataFrame, sparse_bins: list[str]) -> list[str]:
-    """Plain-language findings, one per ratio, overall and for the sparsest bins."""
+def _verdicts(rows: pd.DataFrame) -> str:
+    parts = []
+    for _, r in rows[rows["verdict"] != "baseline"].iterrows():
+        parts.append(f"{r['arm']} {_effect(r)}: {r['verdict']}")
+    return "; ".join(parts)
+
+
+def conclusion_sentences(
+    bins: pd.DataFrame, sparse: list[str], pooled_sparse: pd.DataFrame | None, reference: pd.DataFrame | None
+) -> list[str]:
+    """Plain-language findings: the arms ranked in the sparse bins (pooled, then bin by bin) and overall."""
+    overall = bins[bins["age_bin"] == "all"]
+    n_seeds = int(overall["n_seeds"].max()) if not overall.empty else 0
     sentences = []
-    for ratio, group in effects.groupby("ratio", sort=True):
-        overall = group[group["age_bin"] == "all"].iloc[0]
+    if pooled_sparse is not None and not pooled_sparse.empty:
+        best = _best(pooled_sparse)
         sentences.append(
-            f"Adding synthetic brains at ratio {ratio:g} {_verdict(overall)} the overall test MAE: "
-            f"{overall['mae_real_only']:.2f} → {overall['mae_augmented']:.2f} years (difference "
-            f"{overall['diff_years']:+.2f}, 95 % CI [{overall['diff_low']:+.2f}, {overall['diff_high']:+.2f}], "
-            f"Wilcoxon p = {overall['p_wilcoxon']:.3g}, {int(overall['n_test'])} test scans)."
+            f"In the sparse age bins ({', '.join(sparse)}; {int(pooled_sparse['n'].iloc[0])} test scans), "
+            f"test MAE in years, best first: {_ranking(pooled_sparse)}. Against real-only training: "
+            f"{_verdicts(pooled_sparse)}. {best}"
         )
-        for label in sparse_bins:
-            rows = group[group["age_bin"] == label]
+        for label in sparse:
+            rows = bins[bins["age_bin"] == label]
             if rows.empty:
                 continue
-            row = rows.iloc[0]
-            n = int(row["n_test"])
-            caveat = (
-                f"; only {n} test scans, too few for a reliable bootstrap interval"
-                if n < FEW_TEST_SCANS
-                else ""
+            called = rows[rows["verdict"].isin(["better", "worse"])]
+            verdict = (
+                "; ".join(
+                    f"{r['arm']} {r['verdict']} ({_effect(r)}, Holm p {r['p_holm']:.3g})"
+                    for _, r in called.iterrows()
+                )
+                if not called.empty
+                else "no arm differs detectably from real-only training after the Holm adjustment over bins"
             )
             sentences.append(
-                f"  In the sparse bin {label} years it {_verdict(row)} the MAE: {row['mae_real_only']:.2f} → "
-                f"{row['mae_augmented']:.2f} (difference {row['diff_years']:+.2f}, 95 % CI "
-                f"[{row['diff_low']:+.2f}, {row['diff_high']:+.2f}], n = {n}{caveat})."
+                f"  Bin {label} ({int(rows['n'].iloc[0])} test scans): {_ranking(rows)}; {verdict}."
             )
+    else:
+        sentences.append(
+            "No age bin of the training split is sparse by the stated rule, or none can be tested."
+        )
+    best = _best(overall)
+    sentences.append(
+        f"Overall ({int(overall['n'].iloc[0])} test scans), best first: {_ranking(overall)}. Against real-only "
+        f"training: {_verdicts(overall)}. {best}"
+    )
+    if reference is not None:
+        row = reference[reference["age_bin"] == "all"].iloc[0]
+        sentences.append(
+            f"Reference: a ridge regression on the phantoms' true region volumes reaches {row['mae_years']:.2f} "
+            f"{_ci(row, 'mae')} years on the same test scans."
+        )
+    sentences.append(
+        f"An effect is called only when its 95 % CI excludes 0 and it is larger than the seed-to-seed SD of the "
+        f"difference ({n_seeds} training seeds); per-bin effects also need a Holm-adjusted p < 0.05 over the bins."
+    )
     return sentences
+
+
+def _best(rows: pd.DataFrame) -> str:
+    better = rows[rows["verdict"] == "better"].sort_values("diff_years")
+    if better.empty:
+        return "No arm beats real-only training detectably here (no detectable effect)."
+    names = ", ".join(better["arm"])
+    return f"Detectably better than real-only training: {names}."
 
 
 def _pace(real: float, synthetic: float) -> str:
@@ -164,23 +211,6 @@ def fidelity_sentences(key_regions: pd.DataFrame) -> list[str]:
             "the real ones there; a brain-age model trained on them learns that difference."
         )
     return sentences
-
-
-def _sparse_bins(split: pd.DataFrame, bin_width: float, count: int = 3, min_test: int = 2) -> list[str]:
-    """The ``count`` age bins with the fewest real training scans among those with ``min_test`` test scans or more.
-
-    Bins with fewer test scans have no paired test (``bin_effects`` skips them), so naming them would say nothing.
-    """
-
-    def labels(frame: pd.DataFrame) -> pd.Series:
-        low = np.floor(frame[keys.AGE] / bin_width) * bin_width
-        return pd.Series([f"{a:g}-{a + bin_width:g}" for a in low], dtype=object)
-
-    train = labels(split[split[keys.SPLIT] == "train"]).value_counts()
-    test = labels(split[split[keys.SPLIT] == "test"]).value_counts()
-    testable = sorted(test[test >= min_test].index, key=lambda b: float(b.split("-")[0]))
-    counts = train.reindex(testable, fill_value=0)
-    return counts.sort_values(kind="stable").index[:count].tolist()
 
 
 def _png(fig) -> bytes:
@@ -287,24 +317,41 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         keep_default_na=False,
         na_values=[""],
     )
-    effects = bin_effects(predictions, bin_width=bin_width)
-    write_table_atomic(ctx.stage_dir / "augmentation_effects.csv", effects)
-    sparse = _sparse_bins(split, bin_width)
+    bins = pd.read_csv(ctx.study_dir / bap["bins"])
+    from pipelines.study.stages import load_bap_config
+
+    eval_cfg = load_bap_config(config.bap.config, config.bap.overrides).eval
+    sparse = sparse_bins(split, bin_width)
+    pooled = sparse_statistics(
+        predictions, sparse, bin_width=bin_width, n_boot=eval_cfg.n_boot, seed=eval_cfg.seed
+    )
+    reference = reference_bins(split, bin_width, n_boot=eval_cfg.n_boot, seed=eval_cfg.seed)
+    if pooled is not None:
+        write_table_atomic(ctx.stage_dir / "sparse_bins_pooled.csv", pooled)
+    if reference is not None:
+        write_table_atomic(ctx.stage_dir / "reference_ridge_bins.csv", reference)
 
     report.heading("Conclusion")
-    sentences = (
-        conclusion_sentences(effects, sparse) if not effects.empty else ["Only one ratio was trained."]
-    )
+    sentences = conclusion_sentences(bins, sparse, pooled, reference)
     evaluation = ctx.results["eval"].outputs
     if "quality" in evaluation:
         sentences += fidelity_sentences(_read(ctx.study_dir / evaluation["quality"] / "key_regions.csv"))
     for sentence in sentences:
         report.paragraph(sentence, css_class="conclusion")
     report.paragraph(
-        "Differences are augmented minus real-only MAE on the same real test scans (negative = better), averaged over "
-        f"{config.bap.seeds} training seed(s); CIs resample test subjects (paired bootstrap). The sparse bins are the "
-        f"{len(sparse)} age bins with the fewest real training scans among those with at least 2 test scans. "
-        + _training_length_sentence(config)
+        "MAE is the mean absolute error on the real test scans, each scan's error first averaged over the "
+        f"{config.bap.seeds} training seed(s); 95 % CIs resample test subjects (bootstrap); differences are arm minus "
+        "real-only on the same scans, joined by (subject, session) (negative = better). "
+        + SPARSE_RULE
+        + " Per-bin CIs are unadjusted; per-bin calls use Holm-adjusted bootstrap p values over the bins of each "
+        "arm. Every arm trains for the same number of optimiser steps (each epoch draws as many scans as there are "
+        "real training scans). "
+        + (
+            "The test scans come from a separate cohort (the study's test section), never from the training "
+            "cohort. "
+            if ctx.results["cohort"].outputs.get("test")
+            else ""
+        )
         + (
             "The cohort is the ageing phantom: a test bed with known ground truth, not real brains; conclusions about "
             "real data need real data."
@@ -346,14 +393,57 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         caption="closest real (training split) and synthetic brain to each age",
     )
 
-    report.heading("Brain-age prediction: real-only versus real + synthetic")
+    report.heading("Brain-age prediction: the arms compared")
+    from bap.compare import plot_bins
+
+    figure = plot_bins(
+        bins,
+        ctx.stage_dir / "mae_by_bin.png",
+        reference=reference,
+        title="test MAE per age bin, 95 % CI (subject bootstrap), every arm",
+    )
+    report.figure(
+        figure,
+        caption="per-bin test MAE with 95 % CIs for every arm; dashed: "
+        + (
+            "ridge regression on the true region volumes (reference)"
+            if reference is not None
+            else "no reference"
+        ),
+    )
     summary = _read(ctx.study_dir / bap["summary"])
     if summary is not None:
         report.table(
-            summary, caption="overall test MAE (years) per synthetic ratio, 95 % CI; paired tests vs ratio 0"
+            summary, caption="overall test MAE (years) per arm, 95 % CI, seed SD; paired difference vs real"
         )
-    report.table(effects, caption="paired MAE difference per age bin (augmented − real-only)")
-    report.figure(ctx.study_dir / bap["figure"], caption="per-bin test MAE by synthetic ratio")
+    shown = bins[
+        [
+            "arm",
+            "age_bin",
+            "n",
+            "mae_years",
+            "mae_low_years",
+            "mae_high_years",
+            "mae_seed_sd_years",
+            "diff_years",
+            "diff_low_years",
+            "diff_high_years",
+            "diff_seed_sd_years",
+            "p_holm",
+            "verdict",
+        ]
+    ]
+    report.table(
+        shown,
+        caption="per arm and age bin: MAE [95 % CI] and seed SD; difference vs real [95 % CI, unadjusted] and its "
+        "seed SD; Holm-adjusted p over bins; verdict",
+    )
+    if pooled is not None:
+        report.table(pooled, caption=f"the sparse bins pooled ({', '.join(sparse)})")
+    if reference is not None:
+        report.table(
+            reference, caption="reference: ridge regression on the true region volumes, same test scans"
+        )
 
     if "quality" in evaluation:
         folder = ctx.study_dir / evaluation["quality"]

@@ -44,6 +44,7 @@ def cohort_fingerprint(path: str) -> str:
 
 
 def run_cohort(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    """The training cohort and, when the study has a ``test`` section, the external test cohort."""
     from flowlet.data.cohort import load_cohort
 
     section = config.cohort
@@ -56,13 +57,76 @@ def run_cohort(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
             folder, p.n, age_hist=p.age_hist, voxel_size=p.voxel_size, sites=p.sites, seed=p.seed
         )
         cohort = load_cohort(folder)
-        return {"cohort": _rel(ctx, folder), "n_scans": len(cohort), "phantom": True}
-    cohort = load_cohort(section.path)
-    return {"cohort": str(Path(section.path).resolve()), "n_scans": len(cohort), "phantom": False}
+        outputs = {"cohort": _rel(ctx, folder), "n_scans": len(cohort), "phantom": True}
+    else:
+        cohort = load_cohort(section.path)
+        outputs = {"cohort": str(Path(section.path).resolve()), "n_scans": len(cohort), "phantom": False}
+    if config.test is not None:
+        outputs.update(_test_cohort(ctx, config, cohort.table))
+    return outputs
 
 
-def cohort_location(ctx: StageContext) -> Path:
-    value = ctx.results["cohort"].outputs["cohort"]
+def balanced_test_ages(train_ages: np.ndarray, *, per_bin: int, bin_width: float, seed: int) -> np.ndarray:
+    """``per_bin`` ages in every ``bin_width``-year bin that ``train_ages`` span, uniform inside each bin and
+    clipped to the range of ``train_ages`` (so the test cohort never asks the model to extrapolate)."""
+    low, high = float(np.min(train_ages)), float(np.max(train_ages))
+    rng = np.random.default_rng(seed)
+    ages = []
+    edge = np.floor(low / bin_width) * bin_width
+    while edge <= high:
+        lo, hi = max(edge, low), min(edge + bin_width, high)
+        ages.append(rng.uniform(lo, hi, size=per_bin) if hi > lo else np.full(per_bin, lo))
+        edge += bin_width
+    return np.round(np.concatenate(ages), 2)
+
+
+def _test_cohort(ctx: StageContext, config: StudyConfig, train: pd.DataFrame) -> dict[str, Any]:
+    from flowlet.data.cohort import load_cohort
+
+    t = config.test
+    if t.phantoms is not None:
+        from flowlet.data.phantom import write_phantom_cohort
+
+        p, own = t.phantoms, config.cohort.phantoms
+        ages = balanced_test_ages(
+            train[keys.AGE].to_numpy(float), per_bin=p.per_bin, bin_width=p.bin_width, seed=p.seed
+        )
+        folder = ctx.stage_dir / "test"
+        voxel = (
+            p.voxel_size if p.voxel_size is not None else own.voxel_size if own else round(_voxel_size(train))
+        )
+        write_phantom_cohort(
+            folder,
+            len(ages),
+            voxel_size=voxel,
+            sites=p.sites if p.sites is not None else own.sites if own else 3,
+            seed=p.seed,
+            ages=ages.tolist(),
+            label_prefix=p.label_prefix,
+            progress=False,
+        )
+        test = load_cohort(folder)
+        location = _rel(ctx, folder)
+    else:
+        test = load_cohort(t.path)
+        location = str(Path(t.path).resolve())
+    check_disjoint_subjects(train, test.table, where=location)
+    return {"test": location, "n_test_scans": len(test)}
+
+
+def check_disjoint_subjects(train: pd.DataFrame, test: pd.DataFrame, *, where: str = "test cohort") -> None:
+    """Refuse a test cohort that shares subject ids with the training cohort, naming the ids."""
+    shared = sorted(set(train[keys.SUBJECT_ID].astype(str)) & set(test[keys.SUBJECT_ID].astype(str)))
+    if shared:
+        raise ValueError(
+            f"{where}: {len(shared)} subject id(s) of the test cohort are also in the training cohort: "
+            f"{shared[:10]}{' ...' if len(shared) > 10 else ''}; the two cohorts must have different subjects "
+            "(rename them, e.g. with a prefix)"
+        )
+
+
+def cohort_location(ctx: StageContext, name: str = "cohort") -> Path:
+    value = ctx.results["cohort"].outputs[name]
     path = Path(value)
     return path if path.is_absolute() else _abs(ctx, value)
 
@@ -74,10 +138,18 @@ def run_split(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     cohort = load_cohort(cohort_location(ctx))
     s = config.split
     fractions = dict(zip(("train", "val", "test"), s.fractions))
+    external = "test" in ctx.results["cohort"].outputs
+    if external:  # the external cohort is the test set: the training cohort gives train and val only
+        total = fractions["train"] + fractions["val"]
+        fractions = {"train": fractions["train"] / total, "val": fractions["val"] / total}
     split = split_subjects(
         cohort.table, fractions, seed=s.seed, age_bin_width=s.age_bin_width, stratify_site=s.stratify_site
     )
     table = cohort.table.assign(**{keys.SPLIT: split.to_numpy()})
+    if external:
+        test = load_cohort(cohort_location(ctx, "test")).table
+        check_disjoint_subjects(cohort.table, test)
+        table = pd.concat([table, test.assign(**{keys.SPLIT: "test"})], ignore_index=True)
     path = write_table_atomic(ctx.stage_dir / "split.tsv", table)
     counts = table.groupby(keys.SPLIT)[keys.SUBJECT_ID].nunique().to_dict()
     return {"split": _rel(ctx, path), "subjects": {k: int(v) for k, v in counts.items()}}
@@ -194,11 +266,21 @@ def run_bap(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     b = config.bap
     bap_config = replace(load_bap_config(b.config, b.overrides), data={"split_column": keys.SPLIT})
     real = split_table(ctx)
-    synthetic = None
-    if any(r > 0 for r in b.ratios):
+    arms = b.arm_list()
+    synthetic = filtered = None
+    if any(a.kind == "synthetic" for a in arms):
         synthetic = load_cohort(_abs(ctx, ctx.results["augment"].outputs["synthetic"])).table
+    if any(a.kind == "synthetic-filtered" for a in arms):
+        filtered = load_cohort(b.filtered_synthetic).table
     result = run_comparison(
-        bap_config, real, ctx.stage_dir, ratios=list(b.ratios), n_seeds=b.seeds, synthetic=synthetic
+        bap_config,
+        real,
+        ctx.stage_dir,
+        arms=arms,
+        n_seeds=b.seeds,
+        synthetic=synthetic,
+        filtered_synthetic=filtered,
+        bin_width=config.augment.bin_width,
     )
     return {
         "summary": _rel(ctx, ctx.stage_dir / "comparison.csv"),
@@ -287,14 +369,14 @@ def build_stages(config: StudyConfig) -> list[Stage]:
         return lambda ctx: fn(ctx, config)
 
     fingerprint = None
-    if config.cohort.path is not None:
-        path = config.cohort.path
+    paths = [p for p in (config.cohort.path, config.test.path if config.test else None) if p is not None]
+    if paths:
 
         def fingerprint() -> str:
-            return cohort_fingerprint(path)
+            return "|".join(cohort_fingerprint(path) for path in paths)
 
     stages = [
-        Stage("cohort", bind(run_cohort), config_sections=("cohort",), fingerprint=fingerprint),
+        Stage("cohort", bind(run_cohort), config_sections=("cohort", "test"), fingerprint=fingerprint),
         Stage("split", bind(run_split), depends=("cohort",), config_sections=("split",)),
         Stage("generator", bind(run_generator), depends=("split",), config_sections=("generator",)),
         Stage("augment", bind(run_augment), depends=("split", "generator"), config_sections=("augment",)),

@@ -188,11 +188,13 @@ def test_cli_compare_writes_paired_table(tiny_real, tiny_synthetic, tmp_path):
     assert summary.mae_years[1] == pytest.approx(expected)
     bins = pd.read_csv(out / "comparison_bins.csv")
     assert set(bins.ratio) == {0.0, 0.5} and (bins.age_bin == "all").sum() == 2
-    assert (out / "comparison.md").read_text().startswith("| ratio |")
+    assert (out / "comparison.md").read_text().startswith("| arm | ratio |")
     assert (out / "comparison_bins.png").stat().st_size > 1000
-    syn_rows = pd.read_csv(out / "ratio-0.5" / "seed-0" / "predictions.csv").query("source == 'synthetic'")
+    syn_rows = pd.read_csv(out / "synthetic-0.5" / "seed-0" / "predictions.csv").query(
+        "source == 'synthetic'"
+    )
     n_real_train = len(
-        pd.read_csv(out / "ratio-0.5" / "seed-0" / "predictions.csv").query(
+        pd.read_csv(out / "synthetic-0.5" / "seed-0" / "predictions.csv").query(
             "source == 'real' and split == 'train'"
         )
     )

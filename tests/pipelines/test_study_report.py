@@ -37,30 +37,56 @@ def test_nothing_flagged_says_so_and_a_missing_table_says_nothing():
     assert fidelity_sentences(None) == [] and fidelity_sentences(pd.DataFrame()) == []
 
 
-def test_sparse_bins_are_the_least_trained_bins_that_can_be_tested():
+def test_sparse_bins_follow_the_training_histogram_rule():
     from flowlet.data import keys
-    from pipelines.study.report import _sparse_bins
+    from pipelines.study.report import sparse_bins
 
-    ages = {"train": [5, 25, 25, 25, 35, 35, 55, 65, 65, 75], "test": [5, 25, 26, 36, 37, 56, 57, 66, 67, 76]}
+    # training spans 0-10 .. 70-80 (K = 8 bins, N = 20): sparse = fewer than 20 / 16 = 1.25 scans, i.e. 0 or 1
+    train = [5] + [25] * 8 + [35] * 6 + [45] * 2 + [55] * 2 + [75]
+    test = [5, 6, 15, 16, 25, 26, 75]  # 60-70 has no test scan, 70-80 only one
     split = pd.DataFrame(
-        [{keys.AGE: float(a), keys.SPLIT: name} for name, values in ages.items() for a in values]
+        [
+            {keys.AGE: float(a), keys.SPLIT: name}
+            for name, ages in (("train", train), ("test", test))
+            for a in ages
+        ]
     )
-    # 0-10 and 70-80 have one test scan each (no paired test possible): left out although least trained
-    assert _sparse_bins(split, 10.0) == ["50-60", "30-40", "60-70"]  # ties in age order
-    assert _sparse_bins(split, 10.0, count=1, min_test=1) == ["0-10"]
+    assert sparse_bins(split, 10.0) == ["[0, 10)", "[10, 20)"]
+    assert sparse_bins(split, 10.0, min_test=1) == ["[0, 10)", "[10, 20)", "[70, 80)"]
+    # the rule never reads a test result: changing predictions cannot change it; changing train counts does
+    more = pd.concat([split, pd.DataFrame({keys.AGE: [15.0] * 3, keys.SPLIT: "train"})], ignore_index=True)
+    assert sparse_bins(more, 10.0) == ["[0, 10)"]
 
 
-def test_sparse_bin_sentences_warn_when_the_bin_has_few_test_scans():
+def _bins(arm, label, n, mae, diff, low, high, sd, verdict, p_holm=0.01):
+    return {"arm": arm, "age_bin": label, "n": n, "n_seeds": 3, "mae_years": mae, "mae_low_years": mae - 1,
+            "mae_high_years": mae + 1, "diff_years": diff, "diff_low_years": low, "diff_high_years": high,
+            "diff_seed_sd_years": sd, "p_holm": p_holm, "verdict": verdict}  # fmt: skip
+
+
+def test_conclusion_ranks_the_arms_and_says_no_detectable_effect():
     from pipelines.study.report import conclusion_sentences
 
-    def row(label, n, diff, low, high):
-        return {"ratio": 0.5, "age_bin": label, "n_test": n, "mae_real_only": 6.0, "mae_augmented": 6.0 + diff,
-                "diff_years": diff, "diff_low": low, "diff_high": high, "p_bootstrap": 0.01, "p_wilcoxon": 0.02}  # fmt: skip
-
-    effects = pd.DataFrame(
-        [row("all", 40, 1.0, 0.2, 1.8), row("70-80", 3, -8.4, -10.3, -5.5), row("20-30", 13, 0.5, -1, 2)]
+    bins = pd.DataFrame(
+        [
+            _bins("real", "all", 180, 6.0, 0, 0, 0, 0, "baseline", float("nan")),
+            _bins("oversample", "all", 180, 5.5, -0.5, -0.9, -0.1, 0.2, "better", float("nan")),
+            _bins("synthetic:1", "all", 180, 7.0, 1.0, -0.2, 2.0, 0.5, "no detectable effect", float("nan")),
+            _bins("real", "[80, 90)", 20, 12.0, 0, 0, 0, 0, "baseline", float("nan")),
+            _bins("oversample", "[80, 90)", 20, 13.0, 1.0, -1, 3, 2.0, "no detectable effect", 0.6),
+            _bins("synthetic:1", "[80, 90)", 20, 9.0, -3.0, -5, -1, 0.8, "better", 0.02),
+        ]
     )
-    overall, few, many = conclusion_sentences(effects, ["70-80", "20-30"])
-    assert overall.startswith("Adding synthetic brains at ratio 0.5 increased the overall test MAE")
-    assert "reduced" in few and "only 3 test scans, too few for a reliable bootstrap interval" in few
-    assert "n = 13)" in many and "too few" not in many
+    pooled = bins[bins.age_bin == "[80, 90)"].assign(age_bin="all")
+    sentences = conclusion_sentences(bins, ["[80, 90)"], pooled, None)
+    assert sentences[0].startswith("In the sparse age bins ([80, 90); 20 test scans)")
+    assert "synthetic:1 9.00 [8.00, 10.00]; real 12.00" in sentences[0]  # ranked best first
+    assert "Detectably better than real-only training: synthetic:1." in sentences[0]
+    assert "Bin [80, 90)" in sentences[1] and "synthetic:1 better (-3.00 y" in sentences[1]
+    overall = sentences[2]
+    assert overall.startswith("Overall (180 test scans), best first: oversample 5.50")
+    assert "synthetic:1 +1.00 y, 95 % CI [-0.20, +2.00], seed SD 0.50: no detectable effect" in overall
+    none = conclusion_sentences(
+        bins[bins.arm != "oversample"].assign(verdict="no detectable effect"), [], None, None
+    )
+    assert "no detectable effect" in none[1] and "No age bin" in none[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from checkpoint_helpers import write_random_checkpoint
@@ -43,13 +44,14 @@ def _config(tmp_path, checkpoint, *, epochs=2):
     raw = {
         "name": "tiny",
         "cohort": {"phantoms": {"n": 20, "voxel_size": 4, "age_hist": "uniform", "sites": 2, "seed": 3}},
-        "split": {"fractions": [0.5, 0.2, 0.3], "seed": 0, "age_bin_width": 20.0},
+        "test": {"phantoms": {"per_bin": 2, "bin_width": 40.0, "seed": 11}},
+        "split": {"fractions": [0.7, 0.3, 0.0], "seed": 0, "age_bin_width": 20.0},
         "generator": {"checkpoint": checkpoint},
         "augment": {"bin_width": 20.0, "synthetic_ratio": 0.5, "steps": 2, "batch_size": 4},
         "bap": {
             "config": "demo",
-            "ratios": [0.0, 0.5],
-            "seeds": 1,
+            "arms": ["real", "oversample", "reweight", "synthetic:0.5"],
+            "seeds": 2,
             "overrides": {
                 "train": {"epochs": epochs, "patience": 0, "num_threads": 1},
                 "eval": {"n_boot": 50},
@@ -84,7 +86,17 @@ def test_tiny_study_runs_reuses_and_reruns_from_bap(tmp_path, tiny_generator, ca
     records = {
         s: json.loads((out / s / "stage.json").read_text()) for s in ("cohort", "augment", "bap", "report")
     }
-    assert records["augment"]["outputs"]["n_synthetic"] == 5  # round(0.5 x 10 training subjects)
+    split = pd.read_csv(out / "split" / "split.tsv", sep="\t", dtype={"subject_id": str})
+    n_train = int((split.split == "train").sum())
+    assert records["augment"]["outputs"]["n_synthetic"] == round(0.5 * n_train)
+    # the test scans are the external cohort's (2 per 40-year bin), none from the training cohort
+    test = split[split.split == "test"]
+    assert len(test) >= 4 and test.subject_id.str.startswith("test").all()
+    assert set(split.loc[split.split != "test", "split"]) == {"train", "val"}
+    bins = pd.read_csv(out / "bap" / "comparison_bins.csv")
+    assert set(bins.arm) == {"real", "oversample", "reweight", "synthetic:0.5"} and (bins.n_seeds == 2).all()
+    assert "ridge on true region volumes" in html and "sparse" in html
+    assert (out / "report" / "reference_ridge_bins.csv").is_file()
 
     capsys.readouterr()
     assert main(["--config", str(config), "--out", str(out)]) == 0

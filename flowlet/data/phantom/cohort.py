@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +109,13 @@ def subject_label(index: int, n: int) -> str:
 
 
 def _demographics(
-    index: int, seed: int, hist: AgeHistogram, sites: int
+    index: int, seed: int, hist: AgeHistogram, sites: int, age: float | None = None
 ) -> tuple[float, str, int, np.random.SeedSequence]:
     subject_seq = np.random.SeedSequence(seed, spawn_key=(index,))
     demo_seq, anatomy_seq = subject_seq.spawn(2)
     rng = np.random.default_rng(demo_seq)
-    age = hist.sample(rng)
+    drawn = hist.sample(rng)  # drawn even when the age is given, so sex and site come from the same stream
+    age = drawn if age is None else round(float(age), _AGE_DECIMALS)
     sex = "M" if rng.random() < 0.5 else "F"
     site = int(rng.integers(sites))
     return age, sex, site, anatomy_seq
@@ -130,6 +132,8 @@ def write_phantom_cohort(
     progress: bool = True,
     config: PhantomConfig | None = None,
     tissue_maps: bool = False,
+    ages: Sequence[float] | None = None,
+    label_prefix: str = "",
 ) -> Path:
     """Generate ``n`` phantom subjects and write them as a BIDS-style data set.
 
@@ -148,6 +152,10 @@ def write_phantom_cohort(
         config: phantom configuration (default: packaged YAML); its ``voxel_size`` is replaced by ``voxel_size``.
         tissue_maps: also write the true tissue probabilities ``sub-XXXX_label-{CSF,GM,WM}_probseg.nii.gz`` (for
             validating segmentations; ``flowlet-eval regions`` reports Dice against them).
+        ages: the age of every subject (``n`` values), e.g. an exact number per age bin for a balanced test
+            cohort; ``age_hist`` is then not used for ages (sex, site and anatomy still come from the seed).
+        label_prefix: letters or digits put before every subject number (``sub-<prefix>0001``), so that two
+            cohorts can be told apart and their subject ids never collide.
 
     Returns:
         ``out_dir`` as a Path.
@@ -157,6 +165,10 @@ def write_phantom_cohort(
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if ages is not None and len(ages) != n:
+        raise ValueError(f"ages lists {len(ages)} values for n = {n} subjects; expected one age per subject")
+    if label_prefix and not label_prefix.isalnum():
+        raise ValueError(f"label_prefix {label_prefix!r}: expected letters and digits only (a BIDS label)")
     config = dataclasses.replace(config or PhantomConfig.from_yaml(), voxel_size=voxel_size)
     if not 1 <= sites <= len(config.sites):
         raise ValueError(
@@ -167,10 +179,11 @@ def write_phantom_cohort(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in _progress(range(n), progress):
-        rows.append(_write_subject(out, i, n, seed, hist, sites, config, tissue_maps))
+        age = None if ages is None else ages[i]
+        rows.append(_write_subject(out, i, n, seed, hist, sites, config, tissue_maps, age, label_prefix))
     participants = pd.DataFrame(rows, columns=["participant_id", keys.AGE, keys.SEX, keys.SITE])
     write_table_atomic(out / "participants.tsv", participants)
-    _write_dataset_files(out, config, hist, n=n, seed=seed, sites=sites)
+    _write_dataset_files(out, config, hist, n=n, seed=seed, sites=sites, ages=ages, label_prefix=label_prefix)
     logger.info("wrote %d phantom subjects to %s", n, out)
     return out
 
@@ -192,10 +205,12 @@ def _write_subject(
     sites: int,
     config: PhantomConfig,
     tissue_maps: bool = False,
+    given_age: float | None = None,
+    label_prefix: str = "",
 ) -> tuple[str, float, str, str]:
-    age, sex, site, anatomy_seq = _demographics(i, seed, hist, sites)
+    age, sex, site, anatomy_seq = _demographics(i, seed, hist, sites, given_age)
     subject = make_phantom(age, sex=sex, site=site, seed=anatomy_seq, config=config)
-    participant = f"sub-{subject_label(i, n)}"
+    participant = f"sub-{label_prefix}{subject_label(i, n)}"
     anat = out / participant / "anat"
     save_volume(anat / f"{participant}_T1w.nii.gz", subject.image, subject.affine, dtype=np.float32)
     save_volume(anat / f"{participant}_dseg.nii.gz", subject.labels, subject.affine, dtype=np.int16)
@@ -208,7 +223,15 @@ def _write_subject(
 
 
 def _write_dataset_files(
-    out: Path, config: PhantomConfig, hist: AgeHistogram, *, n: int, seed: int, sites: int
+    out: Path,
+    config: PhantomConfig,
+    hist: AgeHistogram,
+    *,
+    n: int,
+    seed: int,
+    sites: int,
+    ages: Sequence[float] | None = None,
+    label_prefix: str = "",
 ) -> None:
     from flowlet.data.grid import mni_grid
     from flowlet.data.phantom.anatomy import phantom_anatomy
@@ -234,6 +257,8 @@ def _write_dataset_files(
             "seed": seed,
             "sites": sites,
             "age_histogram": dataclasses.asdict(hist),
+            "ages": None if ages is None else [round(float(a), _AGE_DECIMALS) for a in ages],
+            "label_prefix": label_prefix,
             "config": config.to_dict(),
         },
     )
