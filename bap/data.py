@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from bap.config import DataConfig
 from flowlet.data import keys
 from flowlet.data.io import atomic_path
+from flowlet.data.preprocessing import otsu_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ __all__ = [
     "check_no_leakage",
     "fit_normalisation",
     "load_arrays",
-    "otsu_threshold",
     "prepare_data",
     "scan_brain_mask",
     "select_synthetic",
@@ -222,19 +222,6 @@ def load_arrays(
     if not arrays:
         raise ValueError("no images to load")
     return np.stack(arrays)
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample: the cut maximising the between-class variance of a histogram."""
-    counts, edges = np.histogram(np.asarray(values, np.float64), bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)
-    weight_high = weight_low[-1] - weight_low
-    mass_low = np.cumsum(counts * centres)
-    mean_low = mass_low / np.maximum(weight_low, 1)
-    mean_high = (mass_low[-1] - mass_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[1:][np.argmax(between[:-1])])
 
 
 def scan_brain_mask(image: np.ndarray, kind: str = "auto") -> np.ndarray:

@@ -26,6 +26,7 @@ __all__ = [
     "centre_pad",
     "crop_start",
     "minmax_to_unit",
+    "otsu_threshold",
     "reorient_to_ras",
     "resample_like",
     "robust_normalize",
@@ -222,3 +223,28 @@ def resample_like(
     if isinstance(grid, Volume):
         grid = Grid(shape=grid.shape, affine=np.asarray(grid.affine, dtype=np.float64))
     return resample_to_grid(volume, grid, interpolation=interpolation)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """Threshold that maximises the between-class variance of ``values`` (Otsu 1979).
+
+    Args:
+        values: any array of intensities (flattened).
+        bins: histogram bins.
+
+    Returns:
+        The threshold; values above it form the bright class. A constant array returns its value.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-12:
+        return lo
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][int(np.argmax(between[:-1]))])

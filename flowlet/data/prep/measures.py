@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from flowlet.data.preprocessing import otsu_threshold
+
 __all__ = [
     "QcLimits",
     "dice",
@@ -29,31 +31,6 @@ __all__ = [
 #: Robust z-scores use the MAD scaled by this factor, which makes it estimate the SD of a normal sample.
 _MAD_TO_SD = 1.4826
 _EPS = 1e-12
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
-    """Threshold that maximises the between-class variance of ``values`` (Otsu 1979).
-
-    Args:
-        values: any array of intensities (flattened).
-        bins: histogram bins.
-
-    Returns:
-        The threshold; values above it form the bright class. A constant array returns its value.
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < _EPS:
-        return lo
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(counts * centres)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[1:][int(np.argmax(between[:-1]))])
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
