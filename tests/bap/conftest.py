@@ -8,23 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bap_helpers import phantom_scan
 
 from flowlet.data.nifti import save_volume
 
-SHAPE = (12, 14, 12)
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 
 # One thread: the test machine is shared, and oversubscribed threads are slower than one.
 torch.set_num_threads(1)
-
-
-def phantom_scan(age: float, rng: np.random.Generator, scale: float = 100.0) -> np.ndarray:
-    """A bright ball with a dark core of radius ``1 + age / 20`` voxels, plus noise."""
-    grid = np.stack(np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in SHAPE], indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    image = np.where(radius < 5.5, scale, 0.0)
-    image[radius < 1.0 + age / 20.0] = 0.2 * scale
-    return (image + rng.normal(0, 0.05 * scale, SHAPE)).astype(np.float32)
 
 
 def write_cohort(

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bap_helpers import phantom_scan
 from torch import nn
 
 from bap import metrics
@@ -19,7 +20,6 @@ from bap.data import apply_normalisation, brain_zscore, fit_normalisation, prepa
 from bap.sfcn import SFCN
 from flowlet.data.cohort import load_cohort
 from pipelines import bap_train
-from tests.bap.conftest import phantom_scan
 
 SMALL = [4, 4, 8, 8, 8, 4]
 
