@@ -10,8 +10,7 @@
 #   run.log            all output, and the exit status of every phase
 #
 # The GPU image used so far has torch, pytest and huggingface_hub but not nibabel and no network: download the wheel
-# once on a machine with network, in the repo root (git-ignored), and take the .whl folder along with the checkout:
-#   echo /.whl/ >> "$(git rev-parse --git-common-dir)/info/exclude"
+# once on a machine with network, in the repo root (.whl/ is git-ignored), and take the .whl folder along:
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl nibabel==5.4.2
 # then run "bash benchmarks/gpu_session.sh" there (allow 590 s); wheels in .whl are installed to /tmp/site first.
 #
