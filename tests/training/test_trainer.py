@@ -153,8 +153,12 @@ def test_two_process_gloo_matches_one_process(tiny_cohort, tmp_path):
     _cli([*common, "--run-dir", str(tmp_path / "two")], nproc=2)
     one = load_train_state(tmp_path / "one" / "checkpoints" / "state.pt")
     two = load_train_state(tmp_path / "two" / "checkpoints" / "state.pt")
+    # Two processes sum their gradients in another order than one, so the float32 gradients differ by rounding; Adam
+    # divides each gradient by its own running magnitude, which turns that rounding into steps of up to ~1e-6 in the
+    # zero-initialised output convolutions (1.1e-6 measured). A wrong all-reduce (a sum, or other batches) moves the
+    # weights by about lr = 1e-3 per step, far above this tolerance.
     for name, value in one["model"].items():
-        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=5e-6, msg=name)
     assert two["best_val_loss"] == pytest.approx(one["best_val_loss"], rel=1e-5)
 
 
