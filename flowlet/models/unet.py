@@ -186,7 +186,10 @@ class SpatialTransformer(nn.Module):
         if channels % self.heads:
             raise ValueError(f"transformer width {channels} is not divisible by {self.heads} attention heads")
         self.dropout = config.dropout
-        self.backend = config.attention_backend
+        # "auto" without xformers is SDPA: settled here, once, so that forward never looks xformers up (under
+        # torch.compile every failed lookup in forward broke the graph).
+        backend = config.attention_backend
+        self.backend = "sdpa" if backend == "auto" and _xformers_attention() is None else backend
         self.use_checkpoint = config.use_checkpoint
         self.norm = group_norm(channels, config.norm_num_groups, TRANSFORMER_NORM_EPS)
         self.proj_in = nn.Conv3d(channels, channels, 1)

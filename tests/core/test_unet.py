@@ -206,3 +206,20 @@ def test_config_round_trip_and_validation():
         UNetConfig(attention_backend="flash")
     with pytest.raises(ValueError, match="skip_kernel_size"):
         UNetConfig(skip_kernel_size=5)
+
+
+@pytest.mark.skipif(_xformers_attention() is not None, reason="xformers installed")
+def test_auto_attention_without_xformers_is_settled_as_sdpa_at_construction(monkeypatch):
+    from flowlet.models import unet
+
+    block = SpatialTransformer(
+        16, UNetConfig(**{**TINY.to_dict(), "attention_backend": "auto"}), context_dim=16
+    )
+    assert block.backend == "sdpa"
+
+    def no_lookup():
+        raise AssertionError("forward looked xformers up")
+
+    monkeypatch.setattr(unet, "_xformers_attention", no_lookup)
+    out = block(torch.randn(1, 16, 2, 2, 2), torch.randn(1, 1, 16))
+    assert out.shape == (1, 16, 2, 2, 2)
