@@ -270,8 +270,9 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
             "sampling": {k: v for k, v in asdict(sampling).items() if k not in {"device", "autocast_dtype"}},
         },
     }
-    if gate_settings(options) is not None:
-        generated_by["Config"]["gate"] = gate_settings(options)
+    settings = gate_settings(options)  # hashes the brain-age checkpoint: once
+    if settings is not None:
+        generated_by["Config"]["gate"] = settings
     result = write_augmentation(
         options.out,
         bundle,
@@ -528,7 +529,10 @@ def _volume_check(reference: str, tolerance: float, affine):
             )
         trend = np.poly1d(np.polyfit(part["age"], part["volume_mm3"], degree))
         residual = part["volume_mm3"].to_numpy() - trend(part["age"].to_numpy())
-        trends[name] = (trend, float(np.sqrt((residual**2).sum() / (len(part) - degree - 1))))
+        sd = float(np.sqrt((residual**2).sum() / (len(part) - degree - 1)))
+        if not sd > 0:
+            raise ValueError(f"--gate-volumes {reference}: {name} has no spread around its age trend (SD 0)")
+        trends[name] = (trend, sd)
 
     def check(volumes, ages):
         reasons = []
@@ -540,11 +544,12 @@ def _volume_check(reference: str, tolerance: float, affine):
             table = structure_table(table.assign(image_id="x", age=age), structures)
             off = []
             for row in table.itertuples():
-                expected = float(trends[row.structure](age))
-                change = row.volume_mm3 / expected - 1.0
-                if abs(change) > tolerance:
+                trend, sd = trends[row.structure]
+                z = (row.volume_mm3 - float(trend(age))) / sd
+                if abs(z) > tolerance:
                     off.append(
-                        f"{row.structure} {100 * change:+.0f} % of the reference trend at age {age:.1f}"
+                        f"{row.structure} {z:+.1f} SD off the reference trend at age {age:.1f} "
+                        f"(|z| > {tolerance:g})"
                     )
             reasons.append("; ".join(off) or None)
         return reasons

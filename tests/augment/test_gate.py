@@ -132,3 +132,25 @@ def test_gate_that_rejects_too_much_stops_with_a_clear_error(
     rejections = pd.read_csv(out / "rejections.tsv", sep="\t")
     assert len(rejections) > 0 and set(rejections["try"]) <= {0, 1}
     assert not list(out.glob("sub-*/anat/*_T1w.nii.gz"))  # no rejected brain was written
+
+
+def test_volume_gate_passes_real_brains_of_their_age_and_rejects_an_old_brain_asked_to_be_young(tmp_path):
+    """``--gate-volumes`` end to end on 4 mm phantoms: the trend is fitted on the reference cohort, a z beyond the
+    tolerance is a rejection with its reason."""
+    import nibabel as nib
+
+    from flowlet.data.cohort import load_cohort
+    from flowlet.data.phantom import write_phantom_cohort
+    from pipelines.augment import _volume_check
+
+    write_phantom_cohort(tmp_path / "ref", 12, voxel_size=4, seed=3, progress=False)
+    table = load_cohort(tmp_path / "ref").table
+    first = nib.load(table["path"].iloc[0])
+    check = _volume_check(str(tmp_path / "ref"), 3.0, first.affine)
+    volumes = np.stack([nib.load(p).get_fdata(dtype=np.float32) for p in table["path"].iloc[:3]])
+    ages = table["age"].iloc[:3].to_numpy()
+    assert check(volumes, ages) == [None, None, None]
+    oldest, youngest = table["age"].idxmax(), table["age"].idxmin()
+    old_brain = nib.load(table["path"].loc[oldest]).get_fdata(dtype=np.float32)[None]
+    (reason,) = check(old_brain, [table["age"].loc[youngest]])  # an old brain requested as the youngest age
+    assert reason is not None and "SD off the reference trend" in reason, reason
