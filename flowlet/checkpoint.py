@@ -18,7 +18,6 @@ mismatches and the config fields that probably disagree with the weights.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlet import __version__
-from flowlet.data.io import atomic_path, write_json_atomic
+from flowlet.data.io import atomic_path, sha256_file, write_json_atomic
 from flowlet.models.config import UNetConfig
 from flowlet.models.state_dict import describe_mismatch
 from flowlet.models.unet import ConditionalUNet
@@ -98,14 +97,6 @@ class FlowLetBundle:
     source_format: str
     provenance: dict[str, Any] = field(default_factory=dict)
     affine: np.ndarray | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -320,7 +311,7 @@ def load_bundle(
             ranges_path=None if condition_ranges_path is None else Path(condition_ranges_path),
             device=device,
         )
-    bundle.provenance |= {"checkpoint_file": str(path), "checkpoint_sha256": _sha256(path)}
+    bundle.provenance |= {"checkpoint_file": str(path), "checkpoint_sha256": sha256_file(path)}
     return bundle
 
 

@@ -209,9 +209,10 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
 
     from flowlet.augment.figures import plot_histograms
     from flowlet.augment.plan import draw_ages
-    from flowlet.augment.writer import parse_shard, sample_table, sha256_file, write_augmentation
+    from flowlet.augment.writer import parse_shard, sample_table, write_augmentation
     from flowlet.batching import auto_batch_size
     from flowlet.checkpoint import load_bundle
+    from flowlet.data.io import sha256_file
     from flowlet.export import resolve_affine
     from flowlet.sampling import SamplingConfig
 
@@ -433,7 +434,7 @@ def gate_settings(options: AugmentOptions) -> dict | None:
     """The gate's settings recorded in ``dataset_description.json`` (None without a gate)."""
     if not (options.gate_bap or options.gate_volumes):
         return None
-    from flowlet.augment.writer import sha256_file
+    from flowlet.data.io import sha256_file
 
     return {
         "bap": Path(options.gate_bap).name if options.gate_bap else None,

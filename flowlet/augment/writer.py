@@ -25,7 +25,6 @@ written, so a failed or killed replacement never leaves old brains under a new d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -108,14 +107,6 @@ def sample_table(
 
 def image_path(out_dir: Path, participant_id: str) -> Path:
     return out_dir / participant_id / "anat" / f"{participant_id}_T1w.nii.gz"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_metadata(

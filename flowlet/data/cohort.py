@@ -37,7 +37,7 @@ from flowlet.data.cohort_sources import (
     read_table,
 )
 from flowlet.data.grid import mni_grid
-from flowlet.data.io import write_table_atomic
+from flowlet.data.io import sha256_file, write_table_atomic
 from flowlet.data.nifti import NiftiError, Volume, check_voxel_array, load_volume, validate_affine
 
 __all__ = [
@@ -236,15 +236,13 @@ def _scan_label(row: pd.Series) -> str:
 
 def _content_digest(path: str, size: int, *, full: bool) -> str:
     """SHA-256 of the whole file, or (``full=False``) of 16 blocks of 4 KiB spread over it: a cheap first pass."""
+    if full:
+        return sha256_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        if full:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        else:
-            for offset in np.linspace(0, max(size - 4096, 0), 16).astype(np.int64):
-                handle.seek(int(offset))
-                digest.update(handle.read(4096))
+        for offset in np.linspace(0, max(size - 4096, 0), 16).astype(np.int64):
+            handle.seek(int(offset))
+            digest.update(handle.read(4096))
     return digest.hexdigest()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -241,3 +242,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 # atomic_path's prefix ".<final name>.", then tempfile.mkstemp's 8 random characters, then ".tmp<suffix>"
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoint, input and cohort provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -218,9 +218,12 @@ class OutputFolder:
         self._saved_at = time.monotonic()
         self._dirty = False
 
+    def _completed_any(self) -> bool:
+        """Whether a file this run wrote is in the folder (walked only when the run failed)."""
+        return any(p.relative_to(self.path).as_posix() in self.written for p in _content(self.path))
+
     def _finish(self, ok: bool) -> None:
-        completed = [p for p in _content(self.path) if p.relative_to(self.path).as_posix() in self.written]
-        if ok or completed or self.previous:
+        if ok or self.previous or self._completed_any():
             if self._dirty or ok:
                 with contextlib.suppress(OSError):
                     self._save()

@@ -164,7 +164,7 @@ def split_table(ctx: StageContext) -> pd.DataFrame:
 
 def run_generator(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     from flowlet.assets import resolve_checkpoint
-    from flowlet.augment.writer import sha256_file
+    from flowlet.data.io import sha256_file
 
     g = config.generator
     if g.checkpoint is not None:

@@ -9,7 +9,6 @@ are written atomically; the JSON sidecar is written last and marks the scan as f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from flowlet.data.grid import Grid, mni_grid, resample_array, same_grid
-from flowlet.data.io import write_json_atomic
+from flowlet.data.io import sha256_file, write_json_atomic
 from flowlet.data.nifti import NiftiError, load_volume, save_volume
 from flowlet.data.prep import ants_backend
 from flowlet.data.prep.measures import (
@@ -47,7 +46,6 @@ __all__ = [
     "RegisteredScan",
     "ScanJob",
     "ScanResult",
-    "file_sha256",
     "output_names",
     "prepare_scan",
     "read_prep_record",
@@ -194,14 +192,6 @@ def output_names(job: ScanJob, config: PrepConfig, *, rejected: bool = False) ->
         "sidecar": f"{base}_{entities}_desc-preproc_T1w.json",
         "montage": f"{MONTAGE_DIR}/{job.stem}_qc.png",
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _template_inputs(config: PrepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -432,7 +422,7 @@ def _sidecar(
         "Sources": [f"bids:raw:{job.relative_dir}/{job.source.name}"],
         _SIDECAR_KEY: {
             "config": config.to_dict(),
-            "input_sha256": file_sha256(job.source),
+            "input_sha256": sha256_file(job.source),
             "outputs": names,
             "qc": qc,
             "status": status,
@@ -497,7 +487,7 @@ def _verified(job: ScanJob, out_dir: Path, config: PrepConfig, names: dict[str, 
     try:
         record = json.loads(sidecar.read_text(encoding="utf-8"))[_SIDECAR_KEY]
         same = _settings(record["config"]) == _settings(config.to_dict())
-        if not same or record["input_sha256"] != file_sha256(job.source):
+        if not same or record["input_sha256"] != sha256_file(job.source):
             return None
         grid = config.grid
         for key in ("image", "mask"):
