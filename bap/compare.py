@@ -13,9 +13,12 @@ fails with the scans named. Outputs in ``out_dir``::
     comparison.csv/.md          the overall rows, one per arm
     comparison_bins.png         per-bin MAE with 95 % CIs, every arm on one axis
 
-An effect is *called* (``verdict`` ``better`` / ``worse``) only when its 95 % CI excludes 0, it exceeds the
-seed-to-seed SD of the per-seed differences, and, for an age bin, its Holm-adjusted p value over the bins of that
-arm is below 0.05; otherwise the verdict is ``no detectable effect``.
+Training seeds and test subjects are both random: a conclusion should hold for another draw of either. Every CI
+and p value therefore resamples seeds and subjects together (:func:`bap.metrics.crossed_bootstrap`). A bootstrap
+over subjects of seed-averaged errors is narrower, because it treats the trained networks as fixed, and it let a
+verdict flip with the thread count of the machine. An effect is *called* (``verdict`` ``better`` / ``worse``) only
+when its 95 % CI excludes 0, it exceeds the seed-to-seed SD of the per-seed differences, and, for an age bin, its
+Holm-adjusted p value over the bins of that arm is below 0.05; otherwise the verdict is ``no detectable effect``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bap import metrics
 from bap.arms import Arm, inverse_frequency_weights, parse_arms, ratios_to_arms
@@ -46,6 +50,7 @@ __all__ = [
     "markdown_table",
     "paired_errors",
     "run_comparison",
+    "seed_scan_errors",
 ]
 
 #: Identifies one test scan.
@@ -228,20 +233,6 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _seed_bin_mae(frame: pd.DataFrame, bin_width: float) -> pd.DataFrame:
-    """MAE per arm, seed and age bin (plus ``all``) from one row per scan and seed."""
-    frame = frame.assign(
-        abs_error=(frame["pred"] - frame[keys.AGE]).abs(),
-        age_bin=metrics.age_bin_labels(frame[keys.AGE].to_numpy(float), bin_width),
-    )
-    per_bin = frame.groupby(["arm", "seed", "age_bin"])["abs_error"].mean()
-    overall = frame.groupby(["arm", "seed"])["abs_error"].mean()
-    overall.index = pd.MultiIndex.from_tuples(
-        [(a, s, "all") for a, s in overall.index], names=per_bin.index.names
-    )
-    return pd.concat([overall, per_bin]).rename("mae").reset_index()
-
-
 def _sd(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
@@ -254,6 +245,24 @@ def _verdict(diff: float, low: float, high: float, seed_sd: float, p_holm: float
     return "no detectable effect"
 
 
+def seed_scan_errors(predictions: pd.DataFrame, arm: str, scans: pd.Index) -> np.ndarray:
+    """Absolute errors of one arm as a ``(seeds, scans)`` matrix, seeds ascending, columns in the order of ``scans``.
+
+    Raises:
+        ValueError: a scan of ``scans`` has no prediction for some seed of the arm.
+    """
+    rows = predictions[predictions["arm"] == arm]
+    errors = (rows["pred"] - rows[keys.AGE]).abs()
+    matrix = rows.assign(abs_error=errors).pivot_table(
+        index="seed", columns=SCAN, values="abs_error", aggfunc="mean"
+    )
+    matrix = matrix.sort_index().reindex(columns=scans)
+    if matrix.isna().to_numpy().any():
+        missing = matrix.columns[matrix.isna().any(axis=0)].tolist()[:5]
+        raise ValueError(f"arm {arm!r}: some seeds have no prediction for scans {missing}")
+    return matrix.to_numpy(np.float64)
+
+
 def arm_statistics(
     predictions: pd.DataFrame,
     *,
@@ -262,12 +271,14 @@ def arm_statistics(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per arm and age bin (``all`` first): MAE with a subject-bootstrap 95 % CI and its seed SD, the paired
-    difference against ``baseline`` with its CI, seed SD, bootstrap p (at least ``1 / n_boot``), Holm-adjusted p over
-    the bins, and verdict.
+    """Per arm and age bin (``all`` first): MAE with a 95 % CI and its seed SD, the paired difference against
+    ``baseline`` with its CI, seed SD, bootstrap p (at least ``1 / n_boot``), Holm-adjusted p over the bins, and
+    verdict.
 
-    Each scan's error is averaged over seeds first, so the CIs resample test subjects; the seed SD is the
-    standard deviation over seeds of the per-seed MAE (or of the per-seed difference, seeds paired by value).
+    Training seeds and test subjects are both random factors: every CI and p value comes from
+    :func:`bap.metrics.crossed_bootstrap`, which resamples seeds (paired across arms: seed ``k`` of every arm shares
+    its split and initialisation) and subjects. The seed SD is the standard deviation over seeds of the per-seed MAE
+    (or of the per-seed difference). The Wilcoxon p compares seed-averaged errors scan by scan.
     """
     frame = _with_arm(predictions)
     arms = list(dict.fromkeys(frame["arm"]))
@@ -279,48 +290,39 @@ def arm_statistics(
     ages = wide[keys.AGE].to_numpy(float)
     bins = metrics.age_bin_labels(ages, bin_width)
     labels = ["all", *sorted(set(bins), key=lambda b: float(b[1:].split(",")[0]))]
-    per_seed = _seed_bin_mae(frame, bin_width).set_index(["arm", "seed", "age_bin"])["mae"]
+    errors = {arm: seed_scan_errors(frame, arm, wide.index) for arm in arms}
     ratios = frame.groupby("arm")["ratio"].first() if "ratio" in frame.columns else pd.Series(0.0, index=arms)
     rows = []
     for arm in arms:
         for label in labels:
             mask = np.ones(ages.size, bool) if label == "all" else bins == label
-            err = wide[arm].to_numpy()[mask]
-            ci = metrics.bootstrap_ci(
-                err, err, groups=subjects[mask], statistic=_mean, n_boot=n_boot, seed=seed
-            )
-            seed_mae = per_seed.xs((arm, label), level=("arm", "age_bin"))
+            groups = subjects[mask]
+            err = errors[arm][:, mask]
+            ci = metrics.crossed_bootstrap(err, groups=groups, n_boot=n_boot, seed=seed)
             row = {
                 "arm": arm,
                 "ratio": float(ratios.get(arm, 0.0)),
                 "age_bin": label,
                 "n": int(mask.sum()),
-                "n_seeds": int(seed_mae.size),
+                "n_seeds": int(err.shape[0]),
                 "mae_years": ci.estimate,
                 "mae_low_years": ci.low,
                 "mae_high_years": ci.high,
-                "mae_seed_sd_years": _sd(seed_mae.to_numpy()),
+                "mae_seed_sd_years": _sd(err.mean(axis=1)),
             }
             if arm == baseline:
                 row.update(diff_years=0.0, diff_low_years=0.0, diff_high_years=0.0, diff_seed_sd_years=0.0)
                 row.update(p_bootstrap=1.0, p_wilcoxon=1.0)
             else:
-                base_err = wide[baseline].to_numpy()[mask]
-                paired = (
-                    metrics.paired_error_test(base_err, err, groups=subjects[mask], n_boot=n_boot, seed=seed)
-                    if mask.sum() >= 2
-                    else None
-                )
-                base_seed = per_seed.xs((baseline, label), level=("arm", "age_bin"))
-                seed_diff = (seed_mae - base_seed.reindex(seed_mae.index)).to_numpy()
+                diff = err - errors[baseline][:, mask]
+                paired = metrics.crossed_bootstrap(diff, groups=groups, n_boot=n_boot, seed=seed)
                 row.update(
-                    diff_years=float(err.mean() - base_err.mean()),
-                    diff_low_years=paired.diff.low if paired else float("nan"),
-                    diff_high_years=paired.diff.high if paired else float("nan"),
-                    diff_seed_sd_years=_sd(seed_diff),
-                    # a bootstrap p of 0 means "below the resolution 1 / n_boot", not 0
-                    p_bootstrap=max(paired.p_bootstrap, 1.0 / n_boot) if paired else float("nan"),
-                    p_wilcoxon=paired.p_wilcoxon if paired else float("nan"),
+                    diff_years=paired.estimate,
+                    diff_low_years=paired.low,
+                    diff_high_years=paired.high,
+                    diff_seed_sd_years=_sd(diff.mean(axis=1)),
+                    p_bootstrap=paired.p_value,
+                    p_wilcoxon=_wilcoxon(diff.mean(axis=0)),
                 )
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -345,8 +347,11 @@ def arm_statistics(
     return table
 
 
-def _mean(values: np.ndarray, _unused: np.ndarray) -> float:
-    return float(np.mean(values))
+def _wilcoxon(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of per-scan differences (1 when all are 0 or fewer than 2 scans)."""
+    if differences.size < 2 or np.allclose(differences, 0.0):
+        return 1.0
+    return float(stats.wilcoxon(differences).pvalue)
 
 
 def compare_predictions(

@@ -23,9 +23,11 @@ __all__ = [
     "BiasCorrection",
     "BiasDecision",
     "BootstrapCI",
+    "CrossedBootstrap",
     "PairedTest",
     "age_bin_labels",
     "bootstrap_ci",
+    "crossed_bootstrap",
     "decide_bias_correction",
     "fit_bias_correction",
     "mae",
@@ -257,6 +259,67 @@ def bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     low, high = np.nanquantile(values, [alpha, 1.0 - alpha])
     return BootstrapCI(float(statistic(age, pred)), float(low), float(high), n_boot)
+
+
+@dataclass(frozen=True)
+class CrossedBootstrap:
+    """Mean of a (seeds × scans) matrix with a CI from resampling seeds and subjects, and a two-sided p for 0."""
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+    n_boot: int
+
+
+def crossed_bootstrap(
+    values: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> CrossedBootstrap:
+    """Percentile CI of the mean of ``values`` when both its training seeds and its test subjects are random.
+
+    Each replicate draws the rows (training seeds) and, independently, the subjects (all scans of a drawn subject
+    together) with replacement, and takes the weighted mean of the matrix. The interval therefore holds the
+    seed-to-seed spread of the trained networks as well as the sampling of test subjects, which a bootstrap over
+    subjects of seed-averaged errors leaves out. For a paired comparison pass the per-seed, per-scan difference of
+    two arms whose seed ``k`` shares its split and initialisation; the same seed rows are drawn for both.
+
+    Args:
+        values: ``(S, N)`` one row per training seed, one column per scan (e.g. absolute errors or differences).
+        groups: ``(N,)`` subject ids of the columns; ``None`` = every scan its own subject.
+        n_boot: number of replicates; level: confidence level; seed: seed of the resampling generator.
+
+    Returns:
+        The mean, the CI and the two-sided bootstrap p value of "mean = 0" (twice the smaller tail mass of the
+        replicates around 0, at least ``1 / n_boot``). With one seed row it is a subject bootstrap.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"values must be a non-empty (seeds, scans) matrix, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("values holds NaN or infinite entries (a scan missing for one seed?)")
+    n_seeds, n_scans = values.shape
+    groups = np.arange(n_scans) if groups is None else np.asarray(groups)
+    if groups.shape != (n_scans,):
+        raise ValueError(f"groups has shape {groups.shape}, expected ({n_scans},)")
+    _, subject_of_scan = np.unique(groups, return_inverse=True)
+    n_subjects = int(subject_of_scan.max()) + 1
+    rng = np.random.default_rng(seed)
+    # Multiplicity of every seed row and every subject in each replicate; a scan weighs as much as its subject.
+    seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot)
+    subject_counts = rng.multinomial(n_subjects, np.full(n_subjects, 1.0 / n_subjects), size=n_boot)
+    scan_weights = subject_counts[:, subject_of_scan].astype(np.float64)
+    totals = (seed_counts @ values * scan_weights).sum(axis=1)
+    replicates = totals / (seed_counts.sum(axis=1) * scan_weights.sum(axis=1))
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    tail = min(np.mean(replicates <= 0), np.mean(replicates >= 0))
+    p_value = float(min(1.0, max(2.0 * tail, 1.0 / n_boot)))
+    return CrossedBootstrap(float(values.mean()), float(low), float(high), p_value, n_boot)
 
 
 def age_bin_labels(age: np.ndarray, width: float = 10.0, origin: float = 0.0) -> np.ndarray:
