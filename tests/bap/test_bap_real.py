@@ -339,12 +339,18 @@ def test_cli_reports_the_ridge_baseline_next_to_the_cnn_and_starts_from_init(tin
     assert bap_train.main([*common, "--out", str(tmp_path / "x"), "--baseline", "ridge"]) == 2
     compare = [*common, "--out", str(tmp_path / "c"), "--compare", "0", "--baseline-features", str(features)]
     assert bap_train.main(compare) == 2  # the baseline is not silently dropped
-    # --init from the first run's checkpoint; a wrong architecture is refused before training.
-    again = tmp_path / "again"
-    assert (
-        bap_train.main([*common, "--out", str(again), "--init", str(out / "best.pt"), "--epochs", "1"]) == 0
-    )
-    assert f"init: {out / 'best.pt'}" in (again / "config.yaml").read_text()
+    # --init from the first run's checkpoint, given as a URL with its hash; a wrong architecture is refused before
+    # training.
+    from flowlet.data.io import sha256_file
+
+    again, cache = tmp_path / "again", tmp_path / "cache"
+    url = [
+        *("--init", (out / "best.pt").as_uri(), "--init-sha256", sha256_file(out / "best.pt")),
+        *("--init-cache", str(cache)),
+    ]
+    assert bap_train.main([*common, "--out", str(again), *url, "--epochs", "1"]) == 0
+    (cached,) = cache.glob("*/best.pt")
+    assert f"init: {cached}" in (again / "config.yaml").read_text()
     wrong = [*common, "--out", str(tmp_path / "w"), "--init", str(out / "best.pt")]
     assert bap_train.main([*wrong, "--set", "model.options.channels=[4, 16]"]) == 2
     assert not (tmp_path / "w" / "best.pt").exists()
