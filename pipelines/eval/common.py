@@ -1,11 +1,11 @@
 """What the ``flowlet-eval`` sub-commands share: the config, cohort tables, the volumetrics and its two cohorts.
 
-Heavy imports stay inside the functions, so ``flowlet-eval --help`` only pays for argparse.
+No argparse here (the shared flags are in :mod:`pipelines.eval.flags`): the study calls these in-process. Heavy
+imports stay inside the functions, so ``flowlet-eval --help`` only pays for argparse.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pipelines.arguments import finite_float, positive_int, thread_count
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,16 +27,10 @@ __all__ = [
     "MeasureOptions",
     "MeasuredCohort",
     "MeasuredPair",
-    "add_atlas_flags",
-    "add_measure_flags",
-    "add_output_flags",
-    "add_voxel_size_flag",
     "build_volumetrics",
     "cohort_table",
-    "config_from_args",
     "eval_output",
     "load_config",
-    "measure_options",
     "measure_pair",
     "present_regions",
     "regional_fidelity",
@@ -311,71 +303,3 @@ def regional_fidelity(
         out / "volume_vs_age.png",
     )
     return traj.merge(dist, on=["region", "tissue"], how="left")
-
-
-# ------------------------------------------------------------------------------------------------ shared flags
-def add_output_flags(parser: argparse.ArgumentParser, *, config_help: str | None = None) -> None:
-    """``--out``, ``--overwrite`` and ``--config``: every sub-command has them."""
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty folder flowlet-eval did not create"
-    )
-    parser.add_argument(
-        "--config", type=Path, help=config_help or "YAML config (default: configs/eval/default.yaml)"
-    )
-
-
-def add_atlas_flags(parser: argparse.ArgumentParser) -> None:
-    """``--atlas``, ``--atlas-image``, ``--atlas-table``: for the sub-commands that measure regions."""
-    parser.add_argument("--atlas", help="packaged atlas name (overrides the config)")
-    parser.add_argument("--atlas-image", type=Path, help="custom atlas label NIfTI (with --atlas-table)")
-    parser.add_argument("--atlas-table", type=Path, help="TSV with columns index, name for --atlas-image")
-
-
-def add_voxel_size_flag(parser: argparse.ArgumentParser) -> None:
-    """``--voxel-size``: for the sub-commands that resample images onto the MNI grid."""
-    parser.add_argument(
-        "--voxel-size", type=finite_float(0.5, 8), help="working MNI grid in mm (overrides the config)"
-    )
-
-
-def add_measure_flags(
-    parser: argparse.ArgumentParser, *, registration: bool = True, jobs: bool = True
-) -> None:
-    """``--registration``, ``--limit``, ``--no-progress``, ``--jobs`` (the first and last only where used)."""
-    if registration:
-        parser.add_argument(
-            "--registration",
-            choices=REGISTRATIONS,
-            default="demons",
-            help="carry the atlas onto each image by registration (default) or use it as is",
-        )
-    parser.add_argument(
-        "--limit", type=positive_int, help="use only the first N images of every cohort (quick looks)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if jobs:
-        parser.add_argument(
-            "--jobs",
-            type=thread_count,
-            default=1,
-            help="worker processes for the per-image work (default 1; results do not change)",
-        )
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """:func:`load_config` from ``--config``, the atlas flags and ``--voxel-size`` (sub-commands that measure)."""
-    return load_config(
-        args.config,
-        atlas=args.atlas,
-        atlas_image=args.atlas_image,
-        atlas_table=args.atlas_table,
-        voxel_size=args.voxel_size,
-    )
-
-
-def measure_options(args: argparse.Namespace) -> MeasureOptions:
-    """:class:`MeasureOptions` from the flags of :func:`add_measure_flags`."""
-    return MeasureOptions(
-        registration=args.registration, limit=args.limit, progress=not args.no_progress, jobs=args.jobs
-    )

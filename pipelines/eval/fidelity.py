@@ -22,18 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.arguments import bounded_int, finite_float
-from pipelines.eval.common import (
-    MeasureOptions,
-    add_atlas_flags,
-    add_measure_flags,
-    add_output_flags,
-    add_voxel_size_flag,
-    config_from_args,
-    eval_output,
-    measure_options,
-    measure_pair,
-    write_config,
-)
+from pipelines.eval.common import MeasureOptions, eval_output, measure_pair, write_config
+from pipelines.eval.flags import config_from_args, measure_options, measuring_parser
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,17 +207,13 @@ def _image_table(table: pd.DataFrame, measures: CohortMeasures) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ command line
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fidelity`` to the ``flowlet-eval`` parser."""
-    p = subparsers.add_parser(
+    p = measuring_parser(
+        subparsers,
         "fidelity",
         help="per-age-bin fidelity: volumes, slopes, brain-age gap, texture noise",
-        description=__doc__.split("\n\n")[0],
-        epilog="example:\n" + EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
+        example=EXAMPLE,
     )
-    add_output_flags(p)
-    add_atlas_flags(p)
-    add_voxel_size_flag(p)
-    add_measure_flags(p)
     p.add_argument("--real", required=True, help="real cohort (folder or table)")
     p.add_argument("--synthetic", required=True, help="synthetic cohort (its age = the requested age)")
     p.add_argument("--bap", help="brain-age checkpoint trained on real data (best.pt of bap-train)")

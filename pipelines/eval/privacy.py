@@ -11,15 +11,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.eval.common import (
-    add_measure_flags,
-    add_output_flags,
-    add_voxel_size_flag,
-    cohort_table,
-    eval_output,
-    load_config,
-    write_config,
-)
+from pipelines.eval.common import cohort_table, eval_output, load_config, write_config
+from pipelines.eval.flags import add_measure_flags, add_output_flags, add_voxel_size_flag, subcommand_parser
 
 if TYPE_CHECKING:
     from analysis.config import EvalConfig
@@ -108,13 +101,7 @@ def run_privacy(
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``privacy`` to the ``flowlet-eval`` parser: no atlas, registration or worker flags (images only)."""
-    p = subparsers.add_parser(
-        "privacy",
-        help="memorisation audit",
-        description=__doc__.split("\n\n")[0],
-        epilog="example:\n" + EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = subcommand_parser(subparsers, "privacy", help="memorisation audit", doc=__doc__, example=EXAMPLE)
     add_output_flags(p)
     add_voxel_size_flag(p)
     add_measure_flags(p, registration=False, jobs=False)

@@ -11,19 +11,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.eval.common import (
-    MeasureOptions,
-    add_atlas_flags,
-    add_measure_flags,
-    add_output_flags,
-    add_voxel_size_flag,
-    config_from_args,
-    eval_output,
-    measure_options,
-    measure_pair,
-    regional_fidelity,
-    write_config,
-)
+from pipelines.eval.common import MeasureOptions, eval_output, measure_pair, regional_fidelity, write_config
+from pipelines.eval.flags import config_from_args, measure_options, measuring_parser
 
 if TYPE_CHECKING:
     from analysis.config import EvalConfig
@@ -95,17 +84,9 @@ def run_quality(
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``quality`` to the ``flowlet-eval`` parser."""
-    p = subparsers.add_parser(
-        "quality",
-        help="real versus synthetic fidelity",
-        description=__doc__.split("\n\n")[0],
-        epilog="example:\n" + EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = measuring_parser(
+        subparsers, "quality", help="real versus synthetic fidelity", doc=__doc__, example=EXAMPLE
     )
-    add_output_flags(p)
-    add_atlas_flags(p)
-    add_voxel_size_flag(p)
-    add_measure_flags(p)
     p.add_argument("--real", required=True, help="real cohort (folder or table)")
     p.add_argument("--synthetic", required=True, help="synthetic cohort (table with the generation ages)")
     p.add_argument("--name", default="synthetic", help="label of the synthetic set in tables and figures")

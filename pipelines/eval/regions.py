@@ -16,20 +16,15 @@ from typing import TYPE_CHECKING
 
 from pipelines.eval.common import (
     MeasureOptions,
-    add_atlas_flags,
-    add_measure_flags,
-    add_output_flags,
-    add_voxel_size_flag,
     build_volumetrics,
     cohort_table,
-    config_from_args,
     eval_output,
-    measure_options,
     measure_pair,
     present_regions,
     regional_fidelity,
     write_config,
 )
+from pipelines.eval.flags import config_from_args, measure_options, measuring_parser
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,17 +213,9 @@ def _truth_outputs(volumes: pd.DataFrame, truth: pd.DataFrame, out: Path) -> dic
 # ------------------------------------------------------------------------------------------------ command line
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``regions`` to the ``flowlet-eval`` parser."""
-    p = subparsers.add_parser(
-        "regions",
-        help="per-region tissue volumes of one cohort",
-        description=__doc__.split("\n\n")[0],
-        epilog="examples:\n" + EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = measuring_parser(
+        subparsers, "regions", help="per-region tissue volumes of one cohort", doc=__doc__, example=EXAMPLE
     )
-    add_output_flags(p)
-    add_atlas_flags(p)
-    add_voxel_size_flag(p)
-    add_measure_flags(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--cohort", help="BIDS folder or cohort table (see flowlet.data.cohort)")
     which.add_argument("--real", help="real cohort; with --synthetic, compare the two region by region")

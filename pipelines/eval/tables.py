@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.eval.common import add_output_flags, eval_output, load_config, write_config
+from pipelines.eval.common import eval_output, load_config, write_config
+from pipelines.eval.flags import add_output_flags, subcommand_parser
 
 if TYPE_CHECKING:
     from analysis.config import EvalConfig
@@ -91,12 +92,12 @@ def run_tables(
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``tables`` to the ``flowlet-eval`` parser."""
-    p = subparsers.add_parser(
+    p = subcommand_parser(
+        subparsers,
         "tables",
         help="paper tables across several quality/privacy runs",
-        description=__doc__.split("\n\n")[0],
-        epilog="example:\n" + EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
+        example=EXAMPLE,
     )
     p.add_argument(
         "--inputs", type=Path, nargs="+", required=True, help="output folders of quality/privacy runs"
