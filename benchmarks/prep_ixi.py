@@ -116,7 +116,7 @@ def run_regions(out: Path, work: Path, data_dir: Path, jobs: int, reuse: bool) -
     """``flowlet-eval regions`` on the prepared cohort; native volumes against the DLMUSE reference."""
     from scipy import stats
 
-    from pipelines.evaluate import main as evaluate
+    from pipelines.eval.cli import main as evaluate
 
     regions_dir = work / "regions"
     start = time.perf_counter()

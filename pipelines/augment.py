@@ -511,13 +511,13 @@ def _volume_check(reference: str, tolerance: float, affine):
     from analysis.fidelity import DEFAULT_STRUCTURES, structure_table
     from analysis.volumetrics import combine_regions, region_tissue_table
     from flowlet.data.nifti import Volume
-    from pipelines.evaluate import _cohort, _volumetrics, load_config
+    from pipelines.eval.common import build_volumetrics, cohort_table, load_config
 
     structures = {k: DEFAULT_STRUCTURES[k] for k in _GATE_STRUCTURES}
-    config = load_config(None, argparse.Namespace(voxel_size=float(abs(np.asarray(affine)[0, 0]))))
-    vol = _volumetrics(config, "none", False)
+    config = load_config(voxel_size=float(abs(np.asarray(affine)[0, 0])))
+    vol = build_volumetrics(config, "none", False)
     real = structure_table(
-        measure_cohort(_cohort(reference, None), vol, combined_regions=config.combined_regions, features=False,
+        measure_cohort(cohort_table(reference, None), vol, combined_regions=config.combined_regions, features=False,
                        progress=False).volumes,
         structures,
     )  # fmt: skip

@@ -202,6 +202,12 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
         raise StudyConfigError(f"{source}: bap.arms: {exc}") from exc
     if config.bap.seeds < 1:
         raise StudyConfigError(f"{source}: bap.seeds must be >= 1")
+    e = config.eval
+    if e.registration not in ("demons", "none") or e.max_images < 1 or e.jobs < 1:
+        raise StudyConfigError(
+            f"{source}: eval needs registration 'demons' or 'none', max_images >= 1 and jobs >= 1; got "
+            f"{e.registration!r}, {e.max_images}, {e.jobs}"
+        )
     largest = max((a.ratio for a in arms if a.kind == "synthetic"), default=0.0)
     ratio = config.augment.synthetic_ratio
     if ratio is not None and largest > ratio + 1e-9:

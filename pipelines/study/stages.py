@@ -301,12 +301,14 @@ def _voxel_size(table: pd.DataFrame) -> float:
 
 
 def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
-    """Region fidelity (quality) and the memorisation audit (privacy) through ``flowlet-eval``.
+    """Region fidelity (quality) and the memorisation audit (privacy) of ``flowlet-eval``, called in-process.
 
     Real reference = the training split (what the synthetic brains were generated to resemble); the privacy
-    audit's held-out baseline = the test split.
+    audit's held-out baseline = the test split. Errors propagate as they were raised.
     """
-    from pipelines.evaluate import main as evaluate
+    from pipelines.eval.common import MeasureOptions, eval_output, load_config
+    from pipelines.eval.privacy import run_privacy
+    from pipelines.eval.quality import run_quality
 
     e = config.eval
     table = split_table(ctx)
@@ -318,46 +320,20 @@ def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         ctx.stage_dir / "real_test.tsv", table.loc[table[keys.SPLIT] == "test", columns]
     )
     synthetic = str(_abs(ctx, ctx.results["augment"].outputs["synthetic"]))
-    common = [
-        "--atlas",
-        e.atlas,
-        "--voxel-size",
-        f"{_voxel_size(table):g}",
-        "--limit",
-        str(e.max_images),
-        "--registration",
-        e.registration,
-        "--jobs",
-        str(e.jobs),
-        "--no-progress",
-    ]
+    eval_config = load_config(atlas=e.atlas, voxel_size=_voxel_size(table))
     outputs: dict[str, Any] = {}
     if e.quality:
         folder = ctx.stage_dir / "quality"
-        code = evaluate(
-            ["quality", "--real", str(real_train), "--synthetic", synthetic, "--out", str(folder), *common]
-        )
-        if code != 0:
-            raise RuntimeError(f"flowlet-eval quality failed with exit code {code}")
+        measure = MeasureOptions(registration=e.registration, limit=e.max_images, progress=False, jobs=e.jobs)
+        with eval_output(folder, (real_train, synthetic)):
+            run_quality(real_train, synthetic, folder, eval_config, measure)
         outputs["quality"] = _rel(ctx, folder)
     if e.privacy:
         folder = ctx.stage_dir / "privacy"
-        code = evaluate(
-            [
-                "privacy",
-                "--train",
-                str(real_train),
-                "--holdout",
-                str(real_test),
-                "--synthetic",
-                synthetic,
-                "--out",
-                str(folder),
-                *common,
-            ]
-        )
-        if code != 0:
-            raise RuntimeError(f"flowlet-eval privacy failed with exit code {code}")
+        with eval_output(folder, (synthetic, real_train, real_test)):
+            run_privacy(
+                real_train, real_test, synthetic, folder, eval_config, limit=e.max_images, progress=False
+            )
         outputs["privacy"] = _rel(ctx, folder)
     return outputs
 

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.evaluate import main
+from pipelines.eval.cli import main
 
 
 def test_help_has_an_example(capsys):
@@ -61,7 +61,9 @@ def test_every_subcommand_runs_on_tiny_data(phantoms_4mm, tmp_path):
                 str(tmp_path / "p"),
                 "--limit",
                 "2",
-                *args,
+                "--voxel-size",
+                "4",
+                "--no-progress",
             ]
         )
         == 0

@@ -136,7 +136,7 @@ def test_cli_recovers_halved_ageing_on_phantoms(tmp_path):
     one made at age 50. The mean volume at a requested age is then (V(age) + V(50)) / 2, so every least-squares slope
     ratio synthetic/real is 0.5, for every structure, against real and against the phantom's lifespan curves."""
     from flowlet.data.phantom import PhantomConfig
-    from pipelines.evaluate import main
+    from pipelines.eval.cli import main
 
     config = PhantomConfig.from_yaml(voxel_size=4)
     ages = np.linspace(12, 88, 10)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from reliability_helpers import leftovers, write_bids, write_table_cohort
 
-from pipelines import bap_train, evaluate, train
+from pipelines import bap_train, train
+from pipelines.eval import cli as evaluate
 
 
 def _python_tag(marker: Path) -> str:

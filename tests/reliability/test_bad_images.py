@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from reliability_helpers import BAD_IMAGES, leftovers, temp_files, write_table_cohort
 
-from pipelines import bap_predict, bap_train, evaluate, train
+from pipelines import bap_predict, bap_train, train
+from pipelines.eval import cli as evaluate
 
 
 def _bap_train(table: Path, out: Path, _ckpt) -> tuple:

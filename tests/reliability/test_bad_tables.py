@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from reliability_helpers import BAD_TABLES, leftovers, temp_files
 
-from pipelines import augment, bap_predict, bap_train, evaluate, train
+from pipelines import augment, bap_predict, bap_train, train
+from pipelines.eval import cli as evaluate
 
 
 def _augment(source: Path, out: Path, ckpts) -> tuple:

@@ -16,7 +16,8 @@ import torch
 from reliability_helpers import leftovers, snapshot, temp_files, write_bids, write_table_cohort
 
 from flowlet.data.io import folder_lock
-from pipelines import augment, bap_predict, bap_train, evaluate, generate, phantoms, train
+from pipelines import augment, bap_predict, bap_train, generate, phantoms, train
+from pipelines.eval import cli as evaluate
 
 MANIFEST = ".flowlet-manifest.json"
 

@@ -22,7 +22,9 @@ import torch
 from reliability_helpers import AFFINE, good_image, leftovers, write_bids, write_raw, write_table_cohort
 
 from flowlet.data.nifti import save_volume
-from pipelines import augment, bap_predict, bap_train, evaluate, generate, phantoms, prep, train
+from pipelines import augment, bap_predict, bap_train, generate, phantoms, prep, train
+from pipelines.eval import cli as evaluate
+from pipelines.eval.common import cohort_table
 from pipelines.study import cli as study_cli
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "fixtures" / "official"
@@ -185,7 +187,7 @@ def test_bad_number_is_refused_with_its_limits(case, cli, tmp_path):
 def test_negative_limit_is_refused_by_the_evaluation_library(tmp_path):
     table = write_table_cohort(tmp_path / "cohort")
     with pytest.raises(ValueError, match=r"--limit: expected a positive number of images, got -1"):
-        evaluate._cohort(str(table), -1)
+        cohort_table(str(table), -1)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
