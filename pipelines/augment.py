@@ -23,6 +23,8 @@ from pipelines.arguments import (
     thread_count,
     volume_axis,
 )
+from pipelines.augment_gate import add_gate_arguments, build_gate, gate_options, gate_settings
+from pipelines.checkpoint_args import add_checkpoint_arguments, hub_provenance, load_checkpoint
 from pipelines.cli import RESUME_HINT, run_cli
 
 logger = logging.getLogger("flowlet.augment")
@@ -45,20 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--real", required=True, help="real cohort: BIDS folder, CSV/TSV, official catalog")
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="checkpoint file or folder, 'demo' (the shipped 4 mm demo model), a released variant "
-        "(rfm-91-base, rfm-91-large, rfm-182-base, rfm-182-large) or hf://owner/repo/path.pth",
-    )
-    p.add_argument("--revision", help="hub branch, tag or commit of a released variant / hf:// checkpoint")
-    p.add_argument("--cache-dir", help="Hugging Face cache folder (default: HF_HUB_CACHE, else HF_HOME/hub)")
-    p.add_argument(
-        "--config-path", help="official config.json (official checkpoints; default: next to the file)"
-    )
-    p.add_argument(
-        "--condition-ranges-path", help="official condition_ranges.json (default: next to the file)"
-    )
+    add_checkpoint_arguments(p, official_spelling=False)
     p.add_argument("--out", required=True, help="output folder (BIDS derivatives)")
     p.add_argument(
         "--target-hist", default="uniform", help="uniform | match:FILE | gaussian:MEAN,SD | FILE.tsv"
@@ -211,21 +200,17 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
     from flowlet.augment.plan import draw_ages
     from flowlet.augment.writer import parse_shard, sample_table, write_augmentation
     from flowlet.batching import auto_batch_size
-    from flowlet.checkpoint import load_bundle
-    from flowlet.data.io import sha256_file
     from flowlet.export import resolve_affine
     from flowlet.sampling import SamplingConfig
 
     shard = parse_shard(options.shard)
     plan = plan_augmentation(real_ages, options)
-    from flowlet.hub import resolve_reference
-
-    ref = resolve_reference(options.checkpoint, revision=options.revision, cache_dir=options.cache_dir)
-    ckpt = ref.checkpoint
-    bundle = load_bundle(
-        ckpt,
-        config_path=options.config_path or ref.config_path,
-        condition_ranges_path=options.condition_ranges_path or ref.condition_ranges_path,
+    bundle = load_checkpoint(
+        options.checkpoint,
+        revision=options.revision,
+        cache_dir=options.cache_dir,
+        config_path=options.config_path,
+        condition_ranges_path=options.condition_ranges_path,
     )
     rng = np.random.default_rng(np.random.SeedSequence([options.seed, 0xA6E]))
     ages = draw_ages(
@@ -257,8 +242,8 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
         sampling = replace(sampling, batch_size=auto_batch_size(bundle, sampling))
     generated_by = {
         "Description": "synthetic brains generated to reach a target age histogram",
-        "Checkpoint": ckpt.name,
-        "CheckpointSHA256": sha256_file(ckpt),
+        "Checkpoint": Path(bundle.provenance["checkpoint_file"]).name,
+        "CheckpointSHA256": bundle.provenance["checkpoint_sha256"],
         "Config": {
             "target_hist": options.target_hist,
             "bin_edges": [float(e) for e in plan.edges],
@@ -271,6 +256,8 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
             "sampling": {k: v for k, v in asdict(sampling).items() if k not in {"device", "autocast_dtype"}},
         },
     }
+    if hub_provenance(bundle):  # which published file and commit (the hash above decides resuming)
+        generated_by["CheckpointSource"] = hub_provenance(bundle)
     settings = gate_settings(options)  # hashes the brain-age checkpoint: once
     if settings is not None:
         generated_by["Config"]["gate"] = settings
@@ -378,184 +365,6 @@ def _inputs(args: argparse.Namespace) -> list[str | None]:
     """Every path the command reads (the output may be none of them, nor inside or around one)."""
     target = args.target_hist.split(":", 1)[1] if args.target_hist.startswith("match:") else args.target_hist
     return [args.real, args.checkpoint, args.config_path, args.condition_ranges_path, target]
-
-
-# ------------------------------------------------------------------------------------------ quality gate
-def add_gate_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``--gate-*`` flags: reject synthetic brains that do not look their requested age, and resample."""
-    g = p.add_argument_group(
-        "quality gate (optional; every rejection is recorded in gate.tsv and rejections.tsv)"
-    )
-    g.add_argument("--gate-bap", help="brain-age checkpoint trained on real data (best.pt of bap-train)")
-    g.add_argument(
-        "--gate-age-tolerance",
-        type=finite_float(0, 120, low_open=True),
-        default=10.0,
-        help="reject when |predicted − requested age| exceeds this many years (default 10)",
-    )
-    g.add_argument(
-        "--gate-volumes",
-        help="real reference cohort: reject when a region volume (lateral ventricles, total GM, WM) is off its "
-        "age trend in this cohort by more than --gate-volume-tolerance residual SDs",
-    )
-    g.add_argument(
-        "--gate-volume-tolerance",
-        type=finite_float(0, 100, low_open=True),
-        default=3.0,
-        help="tolerance of --gate-volumes in SDs of the reference cohort around its age trend (default 3)",
-    )
-    g.add_argument(
-        "--gate-max-tries",
-        type=bounded_int(1, 100),
-        default=3,
-        help="generations per brain at most (default 3)",
-    )
-    g.add_argument(
-        "--gate-max-reject-fraction",
-        type=finite_float(0, 1),
-        default=0.5,
-        help="stop with an error when more than this share of the generated brains is rejected (default 0.5)",
-    )
-
-
-def gate_options(args: argparse.Namespace) -> dict:
-    """The gate fields of :class:`AugmentOptions` from parsed arguments."""
-    return {
-        "gate_bap": args.gate_bap,
-        "gate_age_tolerance": args.gate_age_tolerance,
-        "gate_volumes": args.gate_volumes,
-        "gate_volume_tolerance": args.gate_volume_tolerance,
-        "gate_max_tries": args.gate_max_tries,
-        "gate_max_reject_fraction": args.gate_max_reject_fraction,
-    }
-
-
-def gate_settings(options: AugmentOptions) -> dict | None:
-    """The gate's settings recorded in ``dataset_description.json`` (None without a gate)."""
-    if not (options.gate_bap or options.gate_volumes):
-        return None
-    from flowlet.data.io import sha256_file
-
-    return {
-        "bap": Path(options.gate_bap).name if options.gate_bap else None,
-        "bap_sha256": sha256_file(options.gate_bap) if options.gate_bap else None,
-        "age_tolerance_years": options.gate_age_tolerance if options.gate_bap else None,
-        "volumes_reference": str(options.gate_volumes) if options.gate_volumes else None,
-        "volume_tolerance_sd": options.gate_volume_tolerance if options.gate_volumes else None,
-        "max_tries": options.gate_max_tries,
-        "max_reject_fraction": options.gate_max_reject_fraction,
-    }
-
-
-def build_gate(options: AugmentOptions, affine):
-    """The :class:`flowlet.augment.gate.Gate` of ``options`` (None without ``--gate-bap``/``--gate-volumes``)."""
-    from flowlet.augment.gate import Gate
-
-    checks = []
-    if options.gate_bap:
-        checks.append(_age_check(options.gate_bap, options.gate_age_tolerance))
-    if options.gate_volumes:
-        checks.append(_volume_check(options.gate_volumes, options.gate_volume_tolerance, affine))
-    if not checks:
-        return None
-
-    def check(volumes, ages):
-        decisions = [c(volumes, ages) for c in checks]
-        return ["; ".join(r for r in reasons if r) or None for reasons in zip(*decisions)]
-
-    return Gate(check, max_tries=options.gate_max_tries, max_reject_fraction=options.gate_max_reject_fraction)
-
-
-def _age_check(checkpoint: str, tolerance: float):
-    """Reject volumes whose (bias-corrected) predicted age is more than ``tolerance`` years off."""
-    from bap.checkpoint import build_from_checkpoint, load_checkpoint
-    from bap.data import apply_normalisation
-    from bap.metrics import BiasCorrection
-    from bap.train import predict_images
-
-    payload = load_checkpoint(checkpoint)
-    model = build_from_checkpoint(payload)
-    correction = payload.get("bias_correction")
-    expected = tuple(payload.get("image_shape") or ())
-
-    def check(volumes, ages):
-        if expected and tuple(volumes.shape[1:]) != expected:
-            raise ValueError(
-                f"--gate-bap {checkpoint}: the model was trained on images of shape {expected}; the synthetic "
-                f"brains have shape {tuple(volumes.shape[1:])} (use a brain-age model of the same grid)"
-            )
-        pred = predict_images(model, apply_normalisation(volumes, payload["norm"]))
-        pred = BiasCorrection(**correction).apply(pred) if correction else pred
-        return [
-            None
-            if abs(p - a) <= tolerance
-            else f"predicted age {p:.1f} for requested {a:.1f} (|gap| > {tolerance:g} years)"
-            for p, a in zip(pred, ages)
-        ]
-
-    return check
-
-
-_GATE_STRUCTURES = ("lateral_ventricles", "total_gm", "total_wm")
-
-
-def _volume_check(reference: str, tolerance: float, affine):
-    """Reject volumes whose structures are off the reference cohort's age trend by > ``tolerance`` residual SDs.
-
-    The trend is quadratic in age with at least 10 reference images (linear below); the SD is that of the reference
-    images around it, so the tolerance is in the units of the real between-subject spread.
-    """
-    import numpy as np
-
-    from analysis.evaluation import measure_cohort
-    from analysis.fidelity import DEFAULT_STRUCTURES, structure_table
-    from analysis.volumetrics import combine_regions, region_tissue_table
-    from flowlet.data.nifti import Volume
-    from pipelines.eval.common import build_volumetrics, cohort_table, load_config
-
-    structures = {k: DEFAULT_STRUCTURES[k] for k in _GATE_STRUCTURES}
-    config = load_config(voxel_size=float(abs(np.asarray(affine)[0, 0])))
-    vol = build_volumetrics(config, "none", False)
-    real = structure_table(
-        measure_cohort(cohort_table(reference, None), vol, combined_regions=config.combined_regions, features=False,
-                       progress=False).volumes,
-        structures,
-    )  # fmt: skip
-    trends = {}
-    for name, part in real.groupby("structure"):
-        degree = 2 if len(part) >= 10 else 1
-        if len(part) < degree + 3:
-            raise ValueError(
-                f"--gate-volumes {reference}: {len(part)} images are too few for an age trend (>= 4)"
-            )
-        trend = np.poly1d(np.polyfit(part["age"], part["volume_mm3"], degree))
-        residual = part["volume_mm3"].to_numpy() - trend(part["age"].to_numpy())
-        sd = float(np.sqrt((residual**2).sum() / (len(part) - degree - 1)))
-        if not sd > 0:
-            raise ValueError(f"--gate-volumes {reference}: {name} has no spread around its age trend (SD 0)")
-        trends[name] = (trend, sd)
-
-    def check(volumes, ages):
-        reasons = []
-        for volume, age in zip(volumes, ages):
-            maps, labels = vol.segment(Volume(np.asarray(volume, np.float32), np.asarray(affine)))
-            table = combine_regions(
-                region_tissue_table(maps, labels, vol.region_names_), config.combined_regions
-            )
-            table = structure_table(table.assign(image_id="x", age=age), structures)
-            off = []
-            for row in table.itertuples():
-                trend, sd = trends[row.structure]
-                z = (row.volume_mm3 - float(trend(age))) / sd
-                if abs(z) > tolerance:
-                    off.append(
-                        f"{row.structure} {z:+.1f} SD off the reference trend at age {age:.1f} "
-                        f"(|z| > {tolerance:g})"
-                    )
-            reasons.append("; ".join(off) or None)
-        return reasons
-
-    return check
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pipelines.arguments import (
     thread_count,
     volume_axis,
 )
+from pipelines.checkpoint_args import add_checkpoint_arguments, hub_provenance, load_checkpoint
 from pipelines.cli import run_cli
 
 logger = logging.getLogger("flowlet.generate")
@@ -57,22 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--checkpoint_path",
-        required=True,
-        help="toolkit checkpoint, official slim .pth (or its folder), 'demo', a released variant "
-        "(rfm-91-base, rfm-91-large, rfm-182-base, rfm-182-large) or hf://owner/repo/path.pth",
-    )
-    p.add_argument("--revision", help="hub branch, tag or commit of a released variant / hf:// checkpoint")
-    p.add_argument(
-        "--cache-dir",
-        "--cache_dir",
-        help="Hugging Face cache folder (default: HF_HUB_CACHE, else HF_HOME/hub)",
-    )
-    p.add_argument("--config_path", help="official config.json (default: next to the checkpoint)")
-    p.add_argument(
-        "--condition_ranges_path", help="official condition_ranges.json (default: next to the checkpoint)"
-    )
+    add_checkpoint_arguments(p, official_spelling=True)
     p.add_argument("--output_dir", required=True)
     p.add_argument(
         "--overwrite",
@@ -287,7 +273,6 @@ def plan_jobs(args: argparse.Namespace, bundle, ablations: list[str], steps: int
 
 def run(args: argparse.Namespace) -> Path:
     """Load the checkpoint, generate every job and write the volumes and ``generation.json``."""
-    from flowlet.checkpoint import load_bundle
     from flowlet.data.io import remove_stale_temporaries, resolve_inside
     from flowlet.data.outputs import check_outside_inputs, output_folder
     from flowlet.export import resolve_affine
@@ -301,15 +286,13 @@ def run(args: argparse.Namespace) -> Path:
         import torch
 
         torch.set_num_threads(args.threads)
-    from flowlet.hub import resolve_reference
-
-    ref = resolve_reference(args.checkpoint_path, revision=args.revision, cache_dir=args.cache_dir)
-    bundle = load_bundle(
-        ref.checkpoint,
-        config_path=args.config_path or ref.config_path,
-        condition_ranges_path=args.condition_ranges_path or ref.condition_ranges_path,
+    bundle = load_checkpoint(
+        args.checkpoint_path,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+        config_path=args.config_path,
+        condition_ranges_path=args.condition_ranges_path,
     )
-    bundle.provenance |= ref.provenance
     base_config = resolve_sampling(args, bundle)
     save_size = tuple(args.save_size or bundle.save_size or (91, 109, 91))
     affine = resolve_affine(args.affine, save_size, bundle.affine)
@@ -373,6 +356,7 @@ def _write_metadata(args, bundle, base_config, save_size, affine, out_dir: Path,
         else ["flowlet-generate", *args.argv],
         "checkpoint": str(args.checkpoint_path),
         "checkpoint_sha256": bundle.provenance.get("checkpoint_sha256"),
+        "checkpoint_source": hub_provenance(bundle) or None,
         "source_format": bundle.source_format,
         "model_input_size": list(bundle.model_input_size),
         "condition_ranges": {k: list(v) for k, v in bundle.condition_ranges.items()},

@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flowlet.data.io import write_table_atomic
@@ -73,3 +74,18 @@ class MetricsWriter:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
+
+
+def window_means(window: list[dict[str, float]]) -> dict[str, float]:
+    """Mean training scalars over the steps of ``window`` whose update was not skipped (NaN when none was)."""
+
+    def mean(name: str) -> float:
+        values = [w[name] for w in window if not w["skipped"]]
+        return float(np.mean(values)) if values else math.nan
+
+    return {
+        "train_loss": mean("loss"),
+        "loss_lll": mean("loss_lll"),
+        "loss_detail": mean("loss_detail"),
+        "grad_norm": mean("grad_norm"),
+    }

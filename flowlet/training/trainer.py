@@ -1,4 +1,7 @@
-"""The training loop: rectified-flow (or any registered path) training of the wavelet-domain U-Net.
+"""The trainer: rectified-flow (or any registered path) training of the wavelet-domain U-Net, one step at a time.
+
+The trainer owns the run's data, network, EMA, optimiser and schedule, one optimiser step, validation and the
+resumable state; :mod:`flowlet.training.loop` runs the steps and decides what to log, validate and save.
 
 Everything random in a step (batch choice, augmentation, noise ``x_0``, times ``t``, condition-dropout mask,
 network dropout) is derived from ``(training.seed, step)``, and every process draws the *global* batch's noise and
@@ -15,42 +18,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from flowlet.data import keys
-from flowlet.data.cohort import Cohort, load_cohort, read_image
-from flowlet.data.io import write_table_atomic
+from flowlet.data.cohort import Cohort
 from flowlet.models.config import UNetConfig
 from flowlet.paths import get_path, get_time_sampler
 from flowlet.training import distributed as dist_utils
 from flowlet.training.config import TrainConfig, config_to_dict
-from flowlet.training.data import (
-    StepBatchSampler,
-    WaveletDataset,
-    age_balanced_weights,
-    compute_condition_ranges,
-    split_cohort,
-)
 from flowlet.training.ema import EMA
+from flowlet.training.loop import TrainResult, run_loop
 from flowlet.training.loss import weighted_band_loss
-from flowlet.training.metrics import MetricsWriter
-from flowlet.training.outputs import write_run_files
+from flowlet.training.metrics import window_means
+from flowlet.training.policy import EarlyStopping
+from flowlet.training.run_data import prepare_run_data, step_loader
 from flowlet.training.state import capture_rng, load_train_state, restore_rng, save_train_state
 from flowlet.training.steps import (
     ConditionDropout,
     cosine_schedule,
     default_model_factory,
     fixed_validation_loss,
-    interrupt_on_sigterm,
     peak_memory_mb,
     step_seed,
 )
@@ -58,25 +50,6 @@ from flowlet.training.steps import (
 __all__ = ["TrainResult", "Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Outcome of :meth:`Trainer.fit`.
-
-    Attributes:
-        run_dir: the run folder.
-        step: optimiser steps done in total.
-        best_val_loss: lowest fixed-noise validation loss (None without validation).
-        last_val_loss: validation loss at the last validation (None without validation).
-        stopped_early: early stopping ended the run.
-    """
-
-    run_dir: Path
-    step: int
-    best_val_loss: float | None
-    last_val_loss: float | None
-    stopped_early: bool
 
 
 class Trainer:
@@ -134,54 +107,16 @@ class Trainer:
         if tcfg.compile:
             self.train_net = torch.compile(self.train_net)
         self.step = 0
-        self.best_val_loss: float | None = None
-        self.bad_validations = 0
+        self.early_stopping = EarlyStopping(tcfg.early_stop_patience)
         self.window: list[dict[str, float]] = []  # per-step scalars since the last metrics row
-        self._checkpointed = False  # set once fit() has written a checkpoint
 
     # ------------------------------------------------------------------------------------------------ setup
     def _setup_data(self, cohort: Cohort | None) -> None:
-        cfg = self.config
-        if cohort is None:
-            if cfg.data.source is None:
-                raise ValueError("data.source is not set; pass --set data.source=<cohort folder or table>")
-            cohort = load_cohort(cfg.data.source)
-        names = cfg.model.condition_names
-        self.condition_ranges = compute_condition_ranges(cohort.table, names, cfg.data.condition_columns)
-        self.split = split_cohort(
-            cohort, cfg.data.val_fraction, seed=cfg.data.split_seed, age_bin_width=cfg.data.age_bin_width
-        )
-        self.train_set = WaveletDataset(
-            self.split.train.table, cfg.data, names, self.condition_ranges, augment=True
-        )
-        self.val_set = WaveletDataset(
-            self.split.val.table, cfg.data, names, self.condition_ranges, augment=False
-        )
-        self.steps_per_epoch = len(self.train_set) // cfg.training.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.train_set)} training scans are fewer than training.batch_size "
-                f"{cfg.training.batch_size}"
-            )
-        self.affine = read_image(self.train_set.paths[0]).affine
-        self.age_balance = None
-        if cfg.data.age_balanced:
-            self.age_balance = age_balanced_weights(
-                self.split.train.table[cfg.data.condition_columns[0]].to_numpy(),
-                cfg.data.age_balance_bin_width,
-            )
-            for row in self.age_balance.table.itertuples():
-                logger.info(
-                    "age-balanced sampling: bin %s, %d scans, %.1f draws per epoch (%.2f per scan; unbalanced %.1f)",
-                    row.bin, row.n_scans, row.draws_per_epoch, row.draws_per_scan, row.natural_probability * len(self.train_set),
-                )  # fmt: skip
-        logger.info(
-            "training on %d scans (%d subjects), validating on %d scans (%d subjects)",
-            len(self.split.train),
-            len(self.split.train.subjects()),
-            len(self.split.val),
-            len(self.split.val.subjects()),
-        )
+        self.data = prepare_run_data(self.config, cohort)
+        self.condition_ranges, self.split = self.data.condition_ranges, self.data.split
+        self.train_set, self.val_set = self.data.train_set, self.data.val_set
+        self.steps_per_epoch, self.affine = self.data.steps_per_epoch, self.data.affine
+        self.age_balance = self.data.age_balance
 
     def _precision(self) -> tuple[torch.dtype | None, bool]:
         name = self.config.training.precision
@@ -288,8 +223,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "best_val_loss": self.best_val_loss,
-            "bad_validations": self.bad_validations,
+            "best_val_loss": self.early_stopping.best,
+            "bad_validations": self.early_stopping.bad,
             "rng": capture_rng(),
             "config": config_to_dict(self.config),
             "window": [dict(w) for w in self.window],
@@ -305,8 +240,9 @@ class Trainer:
             if state["ema"] is None:
                 raise ValueError("the saved state has no EMA weights but training.ema_decay > 0")
             self.ema.load_state_dict(state["ema"])
-        self.step, self.best_val_loss = int(state["step"]), state["best_val_loss"]
-        self.bad_validations = int(state["bad_validations"])
+        self.step = int(state["step"])
+        self.early_stopping.best = state["best_val_loss"]
+        self.early_stopping.bad = int(state["bad_validations"])
         self.window = [dict(w) for w in state.get("window", [])]
         restore_rng(state["rng"])
 
@@ -342,8 +278,8 @@ class Trainer:
     def epoch(self) -> int:
         return self.step // self.steps_per_epoch
 
-    def _checkpoint(self, *, latest: bool, best: bool, keep: bool) -> None:
-        self._checkpointed = self._checkpointed or latest or best or keep
+    def save_checkpoints(self, *, latest: bool, best: bool, keep: bool) -> None:
+        """On the main process: ``state.pt`` and ``latest.pt`` (latest), ``best.pt``, a kept ``step-XXXXXXX.pt``."""
         if not self.dist.is_main:
             return
         if latest:
@@ -366,23 +302,13 @@ class Trainer:
         return True
 
     def _loader(self) -> DataLoader:
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            self.config.training.batch_size,
-            seed=self.config.training.seed,
+        return step_loader(
+            self.data,
+            self.config,
             start_step=self.step,
             total_steps=self.total_steps,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            weights=None if self.age_balance is None else self.age_balance.weights,
-        )
-        workers = self.config.data.num_workers
-        return DataLoader(
-            self.train_set,
-            batch_sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            dist=self.dist,
+            device=self.device,
         )
 
     def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
@@ -392,140 +318,21 @@ class Trainer:
             resume: continue from ``checkpoints/state.pt`` when it exists.
             stop_after: stop (and save the resumable state) once this many steps are done in total.
         """
-        from tqdm.auto import tqdm
-
-        tcfg = self.config.training
         resumed = self.resume() if resume else False
-        # Files this call creates; removed again if it fails before its first checkpoint (no partial run folder).
-        fresh = [
-            self.run_dir / name
-            for name in (
-                "config.yaml",
-                "condition_ranges.json",
-                "split.tsv",
-                "metrics.csv",
-                "age_balance.tsv",
-            )
-            if not (self.run_dir / name).exists()
-        ]
-        self._checkpointed = False
-        if self.dist.is_main:
-            write_run_files(self.run_dir, self.config, self.condition_ranges, self.split)
-            if self.age_balance is not None:
-                write_table_atomic(self.run_dir / "age_balance.tsv", self.age_balance.table)
-        metrics = (
-            MetricsWriter(
-                self.run_dir / "metrics.csv",
-                resume_step=self.step if resumed else None,
-                tensorboard_dir=self.run_dir / "tensorboard"
-                if self.config.runtime.tensorboard and self.dist.is_main
-                else None,
-            )
-            if self.dist.is_main
-            else None
-        )
-        end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
-        val_every = tcfg.val_every or self.steps_per_epoch
-        save_every = tcfg.save_every or val_every
-        last_val, stopped = None, False
-        tick = time.perf_counter()
-        bar = tqdm(
-            total=end,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (self.dist.is_main and self.config.runtime.progress),
-        )
-        previous_handler = interrupt_on_sigterm()
-        try:
-            for batch in self._loader():
-                if self.step >= end:
-                    break
-                self.window.append(self.train_step(batch, self.step))
-                self.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{self.window[-1]['loss']:.4f}")
-                row = None
-                if self.step % tcfg.log_every == 0 or self.step == self.total_steps:
-                    rate = len(self.window) / max(1e-9, time.perf_counter() - tick)
-                    row = self._train_row(self.window, rate)
-                    self.window, tick = [], time.perf_counter()
-                is_val = self.step % val_every == 0 or self.step == self.total_steps
-                if is_val:
-                    val = self.validate()
-                    if val is not None:
-                        last_val = val["val_loss"]
-                        row = {**(row or self._train_row([], math.nan)), **val}
-                improved = self._track_best(last_val) if is_val and last_val is not None else False
-                if row is not None and metrics is not None:
-                    metrics.write(row)
-                    logger.info(
-                        "step %d/%d %s",
-                        self.step,
-                        self.total_steps,
-                        " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "epoch")),
-                    )
-                self._checkpoint(
-                    latest=self.step % save_every == 0 or self.step == end,
-                    best=improved,
-                    keep=tcfg.keep_every > 0 and self.step % tcfg.keep_every == 0,
-                )
-                p = tcfg.early_stop_patience
-                if p is not None and self.bad_validations >= p:
-                    logger.info("early stopping after %d validations without improvement", p)
-                    stopped = True
-                    self._checkpoint(latest=True, best=False, keep=False)
-                    break
-        except KeyboardInterrupt:
-            if self.dist.world_size == 1:
-                logger.warning("interrupted at step %d; saving the resumable state", self.step)
-                self._checkpoint(latest=True, best=False, keep=False)
-            raise
-        except Exception:
-            if metrics is not None:
-                metrics.close()
-                metrics = None
-            if self.dist.is_main and not self._checkpointed:
-                for path in fresh:
-                    path.unlink(missing_ok=True)
-            raise
-        finally:
-            bar.close()
-            if metrics is not None:
-                metrics.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
-        dist_utils.barrier(self.dist)
-        return TrainResult(
-            run_dir=self.run_dir,
-            step=self.step,
-            best_val_loss=self.best_val_loss,
-            last_val_loss=last_val,
-            stopped_early=stopped,
-        )
+        return run_loop(self, resumed=resumed, stop_after=stop_after)
 
-    def _track_best(self, val_loss: float) -> bool:
-        if self.best_val_loss is None or val_loss < self.best_val_loss:
-            self.best_val_loss, self.bad_validations = val_loss, 0
-            return True
-        self.bad_validations += 1
-        return False
+    @property
+    def best_val_loss(self) -> float | None:
+        """The lowest validation loss so far (None before the first validation)."""
+        return self.early_stopping.best
 
-    def _train_row(self, window: list[dict[str, float]], rate: float) -> dict[str, float]:
-        def mean(name: str) -> float:
-            values = [w[name] for w in window if not w["skipped"]]
-            return float(np.mean(values)) if values else math.nan
-
-        peak = peak_memory_mb(self.device)
+    def train_row(self, window: list[dict[str, float]], rate: float) -> dict[str, float]:
+        """A metrics row: the means over ``window`` (see :func:`window_means`), learning rate, speed, memory."""
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "train_loss": mean("loss"),
-            "loss_lll": mean("loss_lll"),
-            "loss_detail": mean("loss_detail"),
-            "grad_norm": mean("grad_norm"),
+            **window_means(window),
             "lr": self.optimizer.param_groups[0]["lr"],
             "it_per_s": rate,
-            "peak_memory_mb": peak,
+            "peak_memory_mb": peak_memory_mb(self.device),
         }

@@ -9,20 +9,18 @@ histogram before any test result is read (:func:`sparse_bins`); per-bin tests ar
 
 from __future__ import annotations
 
-import json
-import platform
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from flowlet import __version__
 from flowlet.data import keys
 from flowlet.data.io import write_table_atomic, write_text_atomic
+from pipelines.study import report_sections as sections
 from pipelines.study.config import StudyConfig
 from pipelines.study.html import HtmlReport
+from pipelines.study.report_sections import read_table
 from pipelines.study.runner import StageContext
 
 __all__ = [
@@ -213,113 +211,64 @@ def fidelity_sentences(key_regions: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _png(fig) -> bytes:
-    buffer = BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def split_histogram(split: pd.DataFrame, bin_width: float) -> bytes:
-    plt = _pyplot()
-    edges = np.arange(
-        np.floor(split[keys.AGE].min() / bin_width) * bin_width, split[keys.AGE].max() + bin_width, bin_width
-    )
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    groups = [split.loc[split[keys.SPLIT] == s, keys.AGE] for s in ("train", "val", "test")]
-    ax.hist(
-        groups,
-        bins=edges,
-        stacked=True,
-        label=["train", "val", "test"],
-        color=["#3b6ea5", "#9bb7d4", "#e39b3a"],
-    )
-    ax.set_xlabel("age (years)")
-    ax.set_ylabel("scans")
-    ax.set_title("real cohort by split")
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def montage(real: pd.DataFrame, synthetic: pd.DataFrame, ages: list[float]) -> bytes:
-    """Mid-sagittal and axial slices of the real and synthetic brains closest to each age."""
-    from flowlet.data.cohort import read_image
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2 * len(ages), figsize=(2.2 * 2 * len(ages), 4.8))
-    for col, age in enumerate(ages):
-        for row, (name, table) in enumerate((("real", real), ("synthetic", synthetic))):
-            pick = table.iloc[int(np.argmin(np.abs(table[keys.AGE].to_numpy() - age)))]
-            data = read_image(pick[keys.PATH]).data
-            data = data / max(float(np.percentile(data, 99.5)), 1e-6)
-            x, _, z = (s // 2 for s in data.shape)
-            for k, image in enumerate((data[x].T, data[:, :, z + data.shape[2] // 10].T)):
-                ax = axes[row, 2 * col + k]
-                ax.imshow(image, cmap="gray", origin="lower", vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if k == 0:
-                    ax.set_title(f"{name}, {pick[keys.AGE]:.0f} y", fontsize=9)
-    fig.suptitle(
-        "real (top) and synthetic (bottom) brains by age: sagittal and axial mid-slices", fontsize=10
-    )
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _versions() -> pd.DataFrame:
-    import monai
-    import nibabel
-    import torch
-
-    rows = [
-        ("flowlet-toolkit", __version__),
-        ("python", platform.python_version()),
-        ("torch", torch.__version__),
-        ("monai", monai.__version__),
-        ("nibabel", nibabel.__version__),
-        ("numpy", np.__version__),
-        ("pandas", pd.__version__),
-        ("platform", platform.platform()),
-    ]
-    return pd.DataFrame(rows, columns=["component", "version"])
-
-
-def _read(path: Path | None, **kwargs) -> pd.DataFrame | None:
-    if path is None or not path.is_file():
-        return None
-    return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", **kwargs)
-
-
 def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
+    """Write ``report.html``, ``conclusion.md`` and the pooled sparse-bin and reference tables of the study."""
     from flowlet.data.cohort import load_cohort
     from pipelines.study.stages import split_table
 
-    report = HtmlReport(config.report.title)
     split = split_table(ctx)
     bap = ctx.results["bap"].outputs
+    bins = pd.read_csv(ctx.study_dir / bap["bins"])
+    sparse, pooled, reference = _findings(ctx, config, split)
+    evaluation = ctx.results["eval"].outputs
+    sentences = conclusion_sentences(bins, sparse, pooled, reference)
+    if "quality" in evaluation:
+        sentences += fidelity_sentences(read_table(ctx.study_dir / evaluation["quality"] / "key_regions.csv"))
+
+    report = HtmlReport(config.report.title)
+    report.heading("Conclusion")
+    for sentence in sentences:
+        report.paragraph(sentence, css_class="conclusion")
+    report.paragraph(_method(ctx, config))
+    sections.cohort_section(report, split, config.augment.bin_width)
+    synthetic_dir = ctx.study_dir / ctx.results["augment"].outputs["synthetic"]
+    sections.augmentation_section(report, synthetic_dir, config.augment.target_hist)
+    real_train = split[split[keys.SPLIT] == "train"]
+    sections.generated_section(
+        report, real_train, load_cohort(synthetic_dir).table, config.report.montage_ages
+    )
+    sections.arms_section(
+        report,
+        bins,
+        figure_path=ctx.stage_dir / "mae_by_bin.png",
+        summary=read_table(ctx.study_dir / bap["summary"]),
+        sparse=sparse,
+        pooled=pooled,
+        reference=reference,
+    )
+    if "quality" in evaluation:
+        sections.fidelity_section(report, ctx.study_dir / evaluation["quality"])
+    if "privacy" in evaluation:
+        trained = ctx.results["generator"].outputs.get("trained", False)
+        sections.privacy_section(report, ctx.study_dir / evaluation["privacy"], generator_trained=trained)
+    sections.reproducibility_section(report, ctx.results, config)
+
+    html_path = write_text_atomic(ctx.stage_dir / "report.html", report.render())
+    write_text_atomic(ctx.stage_dir / "conclusion.md", "\n".join(sentences) + "\n")
+    return {"html": str(html_path.relative_to(ctx.study_dir)), "conclusion": sentences}
+
+
+def _findings(ctx: StageContext, config: StudyConfig, split: pd.DataFrame):
+    """``(sparse bins, pooled sparse-bin statistics, reference per-bin table)``; the two tables are also written."""
+    from pipelines.study.stages import load_bap_config
+
     bin_width = config.augment.bin_width
     predictions = pd.read_csv(  # keep_default_na=False keeps the "n/a" session ids as text
-        ctx.study_dir / bap["predictions"],
+        ctx.study_dir / ctx.results["bap"].outputs["predictions"],
         dtype={keys.SUBJECT_ID: str, keys.SESSION_ID: str},
         keep_default_na=False,
         na_values=[""],
     )
-    bins = pd.read_csv(ctx.study_dir / bap["bins"])
-    from pipelines.study.stages import load_bap_config
-
     eval_cfg = load_bap_config(config.bap.config, config.bap.overrides).eval
     sparse = sparse_bins(split, bin_width)
     pooled = sparse_statistics(
@@ -330,15 +279,13 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         write_table_atomic(ctx.stage_dir / "sparse_bins_pooled.csv", pooled)
     if reference is not None:
         write_table_atomic(ctx.stage_dir / "reference_ridge_bins.csv", reference)
+    return sparse, pooled, reference
 
-    report.heading("Conclusion")
-    sentences = conclusion_sentences(bins, sparse, pooled, reference)
-    evaluation = ctx.results["eval"].outputs
-    if "quality" in evaluation:
-        sentences += fidelity_sentences(_read(ctx.study_dir / evaluation["quality"] / "key_regions.csv"))
-    for sentence in sentences:
-        report.paragraph(sentence, css_class="conclusion")
-    report.paragraph(
+
+def _method(ctx: StageContext, config: StudyConfig) -> str:
+    """How the conclusion's numbers are computed, and what the cohort can and cannot tell."""
+    cohort = ctx.results["cohort"].outputs
+    return (
         "MAE is the mean absolute error on the real test scans, each scan's error first averaged over the "
         f"{config.bap.seeds} training seed(s); 95 % CIs resample test subjects (bootstrap); differences are arm minus "
         "real-only on the same scans, joined by (subject, session) (negative = better). "
@@ -349,156 +296,13 @@ def run_report(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         + (
             "The test scans come from a separate cohort (the study's test section), never from the training "
             "cohort. "
-            if ctx.results["cohort"].outputs.get("test")
+            if cohort.get("test")
             else ""
         )
         + (
             "The cohort is the ageing phantom: a test bed with known ground truth, not real brains; conclusions about "
             "real data need real data."
-            if ctx.results["cohort"].outputs.get("phantom")
+            if cohort.get("phantom")
             else ""
         )
     )
-
-    report.heading("Cohort and split")
-    counts = (
-        split.groupby(keys.SPLIT)
-        .agg(
-            scans=(keys.SUBJECT_ID, "size"),
-            subjects=(keys.SUBJECT_ID, "nunique"),
-            age_mean=(keys.AGE, "mean"),
-            age_min=(keys.AGE, "min"),
-            age_max=(keys.AGE, "max"),
-        )
-        .reset_index()
-    )
-    report.table(counts, caption="subject-level split (FlowLet and augmentation see only the training split)")
-    report.figure(split_histogram(split, bin_width), caption="age histogram of the real cohort by split")
-
-    synthetic_dir = ctx.study_dir / ctx.results["augment"].outputs["synthetic"]
-    report.heading("Augmentation plan")
-    plan = _read(synthetic_dir / "plan.tsv")
-    if plan is not None:
-        report.table(plan, caption=f"plan: target '{config.augment.target_hist}', real = training split")
-    if (synthetic_dir / "age_histograms.png").is_file():
-        report.figure(
-            synthetic_dir / "age_histograms.png", caption="real, synthetic and combined against the target"
-        )
-
-    report.heading("Generated brains")
-    synthetic = load_cohort(synthetic_dir).table
-    real_train = split[split[keys.SPLIT] == "train"]
-    report.figure(
-        montage(real_train, synthetic, list(config.report.montage_ages)),
-        caption="closest real (training split) and synthetic brain to each age",
-    )
-
-    report.heading("Brain-age prediction: the arms compared")
-    from bap.compare import plot_bins
-
-    figure = plot_bins(
-        bins,
-        ctx.stage_dir / "mae_by_bin.png",
-        reference=reference,
-        title="test MAE per age bin, 95 % CI (subject bootstrap), every arm",
-    )
-    report.figure(
-        figure,
-        caption="per-bin test MAE with 95 % CIs for every arm; dashed: "
-        + (
-            "ridge regression on the true region volumes (reference)"
-            if reference is not None
-            else "no reference"
-        ),
-    )
-    summary = _read(ctx.study_dir / bap["summary"])
-    if summary is not None:
-        report.table(
-            summary, caption="overall test MAE (years) per arm, 95 % CI, seed SD; paired difference vs real"
-        )
-    shown = bins[
-        [
-            "arm",
-            "age_bin",
-            "n",
-            "mae_years",
-            "mae_low_years",
-            "mae_high_years",
-            "mae_seed_sd_years",
-            "diff_years",
-            "diff_low_years",
-            "diff_high_years",
-            "diff_seed_sd_years",
-            "p_holm",
-            "verdict",
-        ]
-    ]
-    report.table(
-        shown,
-        caption="per arm and age bin: MAE [95 % CI] and seed SD; difference vs real [95 % CI, unadjusted] and its "
-        "seed SD; Holm-adjusted p over bins; verdict",
-    )
-    if pooled is not None:
-        report.table(pooled, caption=f"the sparse bins pooled ({', '.join(sparse)})")
-    if reference is not None:
-        report.table(
-            reference, caption="reference: ridge regression on the true region volumes, same test scans"
-        )
-
-    if "quality" in evaluation:
-        folder = ctx.study_dir / evaluation["quality"]
-        report.heading("Regional anatomical fidelity")
-        for name, caption in (
-            ("key_regions.csv", "key regions: volume-age slopes, real vs synthetic"),
-            ("image_metrics.csv", "global image metrics"),
-            ("roi_global.csv", "ROI metrics on age-matched pairs (paper layout), global"),
-        ):
-            table = _read(folder / name)
-            if table is not None:
-                report.table(table, caption=caption)
-        if (folder / "volume_vs_age.png").is_file():
-            report.figure(
-                folder / "volume_vs_age.png", caption="regional volume versus age, real and synthetic"
-            )
-    if "privacy" in evaluation:
-        folder = ctx.study_dir / evaluation["privacy"]
-        report.heading("Privacy / memorisation audit")
-        info = (
-            json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
-        )
-        report.paragraph(
-            "Each synthetic image's highest correlation with a real training image is compared with the same statistic "
-            "for held-out real subjects (the baseline); images above the baseline's high quantile are flagged as "
-            f"possible copies. Flag rate: {info.get('flag_rate', float('nan')):.3f}."
-        )
-        if not ctx.results["generator"].outputs.get("trained", False):
-            report.paragraph(
-                "The generator was not trained in this study (a shipped or given checkpoint), so the "
-                "training split is not its training set: the audit checks for copies of this cohort's "
-                "scans only.",
-                css_class="warning",
-            )
-        for name in sorted(folder.glob("*by_age*.csv")):
-            report.table(pd.read_csv(name), caption=name.stem.replace("_", " "))
-        for png in sorted(folder.glob("*.png")):
-            report.figure(png, caption=png.stem.replace("_", " "))
-
-    report.heading("Reproducibility")
-    stages = pd.DataFrame(
-        [
-            {"stage": n, "seconds": round(r.seconds, 1), "reused": r.cached, "key": r.key[:12]}
-            for n, r in ctx.results.items()
-        ]
-    )
-    report.table(stages, caption="stages (time of the run that produced them; reused = unchanged since)")
-    generator = ctx.results["generator"].outputs
-    report.table(
-        pd.DataFrame([{"checkpoint": Path(generator["checkpoint"]).name, "sha256": generator["sha256"]}]),
-        caption="generator checkpoint",
-    )
-    report.table(_versions(), caption="software")
-    report.code(json.dumps(config.to_dict(), indent=2))
-
-    html_path = write_text_atomic(ctx.stage_dir / "report.html", report.render())
-    write_text_atomic(ctx.stage_dir / "conclusion.md", "\n".join(sentences) + "\n")
-    return {"html": str(html_path.relative_to(ctx.study_dir)), "conclusion": sentences}

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import pipelines.augment as augment_cli
+import pipelines.augment_gate as augment_gate
 from flowlet.augment.gate import Gate, retry_seed, run_gate
 from flowlet.data.nifti import load_volume
 
@@ -68,7 +69,7 @@ def planted_gate(monkeypatch, tmp_path):
 
         return check
 
-    monkeypatch.setattr(augment_cli, "_age_check", fake_age_check)
+    monkeypatch.setattr(augment_gate, "_age_check", fake_age_check)
     return state
 
 
@@ -105,6 +106,7 @@ def test_gate_rejects_records_and_resamples_planted_samples(
         assert same == (pid not in planted), pid
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["GeneratedBy"][0]["Config"]["gate"]["age_tolerance_years"] == 10.0
+    assert "CheckpointSource" not in description["GeneratedBy"][0]  # a local file: no hub provenance
     # resume: a deleted resampled brain comes back byte for byte
     victim = out / planted[0] / "anat" / f"{planted[0]}_T1w.nii.gz"
     before = load_volume(victim).data.copy()
@@ -121,7 +123,7 @@ def test_gate_that_rejects_too_much_stops_with_a_clear_error(
     (tmp_path / "model.pt").write_bytes(b"stand-in")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(
-        augment_cli,
+        augment_gate,
         "_age_check",
         lambda checkpoint, tolerance: lambda v, a: [f"predicted age 99 for {x:.1f}" for x in a],
     )
@@ -141,7 +143,7 @@ def test_volume_gate_passes_real_brains_of_their_age_and_rejects_an_old_brain_as
 
     from flowlet.data.cohort import load_cohort
     from flowlet.data.phantom import write_phantom_cohort
-    from pipelines.augment import _volume_check
+    from pipelines.augment_gate import _volume_check
 
     write_phantom_cohort(tmp_path / "ref", 12, voxel_size=4, seed=3, progress=False)
     table = load_cohort(tmp_path / "ref").table

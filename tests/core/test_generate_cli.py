@@ -59,6 +59,7 @@ def test_official_flags_give_the_official_layout_and_data(tmp_path):
     assert np.array_equal(data, decode_and_export(wave, (27, 30, 27))[1])
     meta = json.loads((out / "generation.json").read_text())
     assert meta["checkpoint_sha256"] == hashlib.sha256(Path(CKPT).read_bytes()).hexdigest()
+    assert meta["checkpoint_source"] is None  # a local file: no hub provenance
     assert meta["sampling"]["solver"] == "euler" and meta["sampling"]["num_steps"] == 1
     assert [r["seed"] for r in meta["outputs"]] == sample_seeds(5, 2) * 2
     assert meta["outputs"][2]["conditions"] == {"Age": 70.0}

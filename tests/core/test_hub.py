@@ -337,6 +337,12 @@ def test_generate_and_augment_accept_a_variant_name(install_hub, tmp_path, monke
     assert (
         meta["checkpoint"] == VARIANT and (out / "Age_40.00" / "FlowLet_synthetic_brain_0.nii.gz").is_file()
     )
+    assert meta["checkpoint_source"] == {
+        "hub_repo": HUB_REPO,
+        "hub_file": f"{VARIANT}/{VARIANTS[VARIANT]}",
+        "hub_revision": DEFAULT_REVISION,
+        "hub_commit": COMMIT,
+    }
     cohort = tmp_path / "cohort"
     rows = ["participant_id\tage"]
     for i, age in enumerate(np.linspace(20, 40, 6)):
@@ -348,6 +354,9 @@ def test_generate_and_augment_accept_a_variant_name(install_hub, tmp_path, monke
                          "--revision", DEFAULT_REVISION, "--out", str(synth), "--max-synthetic", "1",
                          "--solver", "euler", "--steps", "1", *common]) == 0  # fmt: skip
     assert len(list(synth.rglob("*.nii.gz"))) == 1
+    generated_by = json.loads((synth / "dataset_description.json").read_text())["GeneratedBy"][0]
+    assert generated_by["CheckpointSource"] == meta["checkpoint_source"]
+    assert generated_by["CheckpointSHA256"] == meta["checkpoint_sha256"]
 
 
 # ------------------------------------------------------------------------------------------------ real package
