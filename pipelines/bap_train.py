@@ -29,6 +29,7 @@ from pipelines.arguments import (
     setup_cli,
 )
 from pipelines.cli import run_cli
+from pipelines.init_weights import add_init_arguments, init_file
 
 logger = logging.getLogger(__name__)
 
@@ -109,22 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["brain_zscore", "minmax", "zscore", "none"],
         help="override data.normalisation (default brain_zscore: per scan, inside its brain mask)",
     )
-    p.add_argument(
-        "--init",
-        metavar="PATH_OR_URL",
-        help="start from these weights: a bap-train checkpoint, a state dict or the public SFCN file "
-        "(module.-prefixed keys); a local file or an https/http/file URL, downloaded once into the cache",
-    )
-    p.add_argument(
-        "--init-sha256",
-        metavar="HEX",
-        help="with --init, the expected SHA-256 of the weights file (a file with another hash is refused)",
-    )
-    p.add_argument(
-        "--init-cache",
-        metavar="DIR",
-        help="with an --init URL, the download cache (default $FLOWLET_CACHE/weights or ~/.cache/flowlet/weights)",
-    )
+    add_init_arguments(p)
     p.add_argument(
         "--init-skip-head",
         action="store_true",
@@ -167,21 +153,6 @@ def _parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
     return updates
 
 
-def _init_file(args: argparse.Namespace) -> str | None:
-    """``--init`` as a local file (a URL is fetched into the cache; ``--init-sha256`` checked)."""
-    value = getattr(args, "init", None)
-    if value is None:
-        if getattr(args, "init_sha256", None) or getattr(args, "init_cache", None):
-            raise ValueError("--init-sha256 and --init-cache need --init")
-        return None
-    from pipelines.init_weights import is_url, resolve_init
-
-    path = resolve_init(value, sha256=args.init_sha256, cache_dir=args.init_cache)
-    if is_url(value):
-        logger.info("--init %s: using the cached file %s", value, path)
-    return str(path)
-
-
 def build_config(args: argparse.Namespace):
     """Packaged or file config, then the flag overrides."""
     from bap.config import config_to_dict, load_config, replace
@@ -197,7 +168,7 @@ def build_config(args: argparse.Namespace):
         ("train", "seed"): args.seed,
         ("data", "split_column"): args.split_column,
         ("data", "normalisation"): getattr(args, "normalisation", None),
-        ("train", "init"): _init_file(args),
+        ("train", "init"): init_file(args),
         ("train", "init_skip_head"): True if getattr(args, "init_skip_head", False) else None,
     }
     for (section, key), value in flags.items():

@@ -10,7 +10,9 @@ The file is read later with ``torch.load(weights_only=True)`` like a local one; 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,12 +20,47 @@ from urllib.parse import unquote, urlparse
 
 from flowlet.data.io import sha256_file
 
-__all__ = ["URL_SCHEMES", "cache_folder", "is_url", "resolve_init"]
+__all__ = ["URL_SCHEMES", "add_init_arguments", "cache_folder", "init_file", "is_url", "resolve_init"]
 
 #: Schemes read as URLs; anything else is a local path.
 URL_SCHEMES = ("https", "http", "file")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+logger = logging.getLogger(__name__)
+
+
+def add_init_arguments(p: argparse.ArgumentParser) -> None:
+    """``--init``, ``--init-sha256`` and ``--init-cache``."""
+    p.add_argument(
+        "--init",
+        metavar="PATH_OR_URL",
+        help="start from these weights: a bap-train checkpoint, a state dict or the public SFCN file "
+        "(module.-prefixed keys); a local file or an https/http/file URL, downloaded once into the cache",
+    )
+    p.add_argument(
+        "--init-sha256",
+        metavar="HEX",
+        help="with --init, the expected SHA-256 of the weights file (a file with another hash is refused)",
+    )
+    p.add_argument(
+        "--init-cache",
+        metavar="DIR",
+        help="with an --init URL, the download cache (default $FLOWLET_CACHE/weights or ~/.cache/flowlet/weights)",
+    )
+
+
+def init_file(args: argparse.Namespace) -> str | None:
+    """``--init`` as a local file (a URL is fetched into the cache; ``--init-sha256`` checked)."""
+    value = getattr(args, "init", None)
+    if value is None:
+        if getattr(args, "init_sha256", None) or getattr(args, "init_cache", None):
+            raise ValueError("--init-sha256 and --init-cache need --init")
+        return None
+    path = resolve_init(value, sha256=args.init_sha256, cache_dir=args.init_cache)
+    if is_url(value):
+        logger.info("--init %s: using the cached file %s", value, path)
+    return str(path)
 
 
 def is_url(value: str) -> bool:
