@@ -2,8 +2,8 @@
 
 The first section states the conclusion in plain words with its uncertainty, including "no detectable effect"
 where that is the answer: the arms (real-only, oversampling, re-weighting, synthetic ratios) ranked by test MAE in
-the sparse age bins and overall, each with its paired difference against real-only training (subject-level
-bootstrap 95 % CI) and the seed-to-seed spread of that difference. The sparse bins are fixed from the *training*
+the sparse age bins and overall, each with its paired difference against real-only training (95 % CI of a
+bootstrap over training seeds and test subjects) and the seed-to-seed spread of that difference. The sparse bins are fixed from the *training*
 histogram before any test result is read (:func:`sparse_bins`); per-bin tests are Holm-adjusted over the bins.
 """
 
@@ -287,7 +287,8 @@ def _method(ctx: StageContext, config: StudyConfig) -> str:
     cohort = ctx.results["cohort"].outputs
     return (
         "MAE is the mean absolute error on the real test scans, each scan's error first averaged over the "
-        f"{config.bap.seeds} training seed(s); 95 % CIs resample test subjects (bootstrap); differences are arm minus "
+        f"{config.bap.seeds} training seed(s); 95 % CIs resample the training seeds and the test subjects together "
+        "(crossed bootstrap), so they hold the seed-to-seed spread of the trained networks; differences are arm minus "
         "real-only on the same scans, joined by (subject, session) (negative = better). "
         + SPARSE_RULE
         + " Per-bin CIs are unadjusted; per-bin calls use Holm-adjusted bootstrap p values over the bins of each "

@@ -116,7 +116,7 @@ def arms_section(
         bins,
         figure_path,
         reference=reference,
-        title="test MAE per age bin, 95 % CI (subject bootstrap), every arm",
+        title="test MAE per age bin, 95 % CI (seeds and subjects resampled), every arm",
     )
     dashed = (
         "ridge regression on the true region volumes (reference)" if reference is not None else "no reference"
