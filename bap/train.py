@@ -101,12 +101,12 @@ def _resume(setup: TrainingSetup, path: Path) -> RunState:
 
 
 def _save_epoch(
-    cfg: BapConfig, setup: TrainingSetup, state: RunState, run_dir: Path, *, val_mae: float, improved: bool
+    cfg: BapConfig, setup: TrainingSetup, state: RunState, run_dir: Path, *, improved: bool
 ) -> None:
     """Rank 0: ``best.pt`` when the epoch improved, ``epoch-XXXX.pt`` every ``train.save_every``, ``last.pt`` and
     ``metrics.csv`` always."""
     weights = {k: v.detach().cpu() for k, v in setup.model.state_dict().items()}
-    epoch = state.epoch
+    epoch, val_mae = state.epoch, state.history[-1]["val_mae"]
     if improved:
         save_checkpoint(
             run_dir / "best.pt", model_payload(setup.metadata, weights, epoch=epoch, val_mae=val_mae)
@@ -228,7 +228,7 @@ def train(
             break
         improved = _run_epoch(cfg, setup, state, epoch, progress=progress)
         if run.is_main:
-            _save_epoch(cfg, setup, state, run_dir, val_mae=state.history[-1]["val_mae"], improved=improved)
+            _save_epoch(cfg, setup, state, run_dir, improved=improved)
     if run.world_size > 1:
         dist.barrier()
     frame, summary = finish_run(

@@ -284,3 +284,21 @@ def test_bap_predict_reads_checks_and_builds_the_model_once(saved_model, tiny_re
     assert bap_predict.main(argv) == 0
     assert calls == {"check": 1, "build": 1}
     assert len(pd.read_csv(out)) == len(load_cohort(tiny_real).table)
+
+
+def test_the_augmentation_age_gate_judges_bias_corrected_predictions(saved_model):
+    from pipelines.augment import _age_check
+
+    folder, raw, _ = saved_model
+    path = folder / "corrected.pt"
+    predicted = predict_arrays(load_model(path), raw).corrected
+    requested = predicted + np.array([1.0, -4.0, 20.0])  # within, within, beyond 5 years
+    reasons = _age_check(str(path), 5.0)(raw, requested)
+    assert reasons[:2] == [None, None]
+    assert (
+        reasons[2] == f"predicted age {predicted[2]:.1f} for requested {requested[2]:.1f} (|gap| > 5 years)"
+    )
+    with pytest.raises(
+        ValueError, match=r"--gate-bap .*corrected\.pt: the synthetic brains have shape \(3, 3, 3\)"
+    ):
+        _age_check(str(path), 5.0)(raw[:, :3, :3, :3], requested)
