@@ -52,6 +52,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _torch_load(path: Path, what: str, *, missing: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a missing or unreadable file is a ValueError naming it."""
+    if not path.is_file():
+        raise ValueError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from exc
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no unpickling of arbitrary objects).
 
@@ -59,12 +69,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: naming the file when it is missing, unreadable or not a brain-age checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    payload = _torch_load(path, "checkpoint", missing="checkpoint not found")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a brain-age checkpoint (expected format '{FORMAT}')")
     check_model_fields(payload, path)
@@ -201,12 +206,8 @@ _COHORT_BUFFERS = ("age_mean", "age_std", "bin_centers")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ValueError(f"{path}: initial weights not found (download the file first; nothing is fetched)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the initial weights ({type(exc).__name__}: {exc})") from exc
+    missing = "initial weights not found (download the file first; nothing is fetched)"
+    payload = _torch_load(path, "initial weights", missing=missing)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]  # a bap-train checkpoint or a training-script dict
     if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):

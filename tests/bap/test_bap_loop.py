@@ -166,6 +166,18 @@ def test_plateau_schedule_steps_on_the_selection_score():
 
 
 # ----------------------------------------------------------------------------------- run state and payloads
+def _untrained(cohort_csv):
+    """The tiny cohort prepared, its run metadata and a freshly initialised model built from that metadata."""
+    cfg = config_from_dict(TINY)
+    data = prepare_data(load_cohort(cohort_csv).table, cfg.data)
+    metadata = run_metadata(cfg, data)
+    kwargs = metadata["model_kwargs"]
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, **{k: kwargs[k] for k in ("age_mean", "age_std", "age_range")},
+                        options=kwargs["options"])  # fmt: skip
+    return data, metadata, model
+
+
 def test_run_state_round_trips_through_last_pt(tmp_path):
     state = RunState()
     state.record({"epoch": 1, "val_mae": 4.5, "train_loss": 3.0}, score=4.5, improved=True)
@@ -182,13 +194,8 @@ def test_run_state_round_trips_through_last_pt(tmp_path):
 
 
 def test_model_payload_round_trip_rebuilds_the_same_model(tiny_real, tmp_path):
-    cfg = config_from_dict(TINY)
-    data = prepare_data(load_cohort(tiny_real).table, cfg.data)
-    metadata = run_metadata(cfg, data)
-    kwargs = metadata["model_kwargs"]
-    torch.manual_seed(0)
-    model = build_model(cfg.model.name, **{k: kwargs[k] for k in ("age_mean", "age_std", "age_range")},
-                        options=kwargs["options"]).eval()  # fmt: skip
+    data, metadata, model = _untrained(tiny_real)
+    model.eval()
     save_checkpoint(tmp_path / "best.pt", model_payload(metadata, model, epoch=2, val_mae=3.5))
     payload = load_checkpoint(tmp_path / "best.pt")
     assert (payload["epoch"], payload["val_mae"], payload["bias_correction"]) == (2, 3.5, None)
@@ -231,13 +238,7 @@ def test_allow_no_validation_keeps_the_last_epoch_without_a_stand_in_mae(no_val,
 # ------------------------------------------------------------------------------ predictions for in-memory volumes
 @pytest.fixture
 def saved_model(tiny_real, tmp_path):
-    cfg = config_from_dict(TINY)
-    data = prepare_data(load_cohort(tiny_real).table, cfg.data)
-    metadata = run_metadata(cfg, data)
-    kwargs = metadata["model_kwargs"]
-    torch.manual_seed(0)
-    model = build_model(cfg.model.name, **{k: kwargs[k] for k in ("age_mean", "age_std", "age_range")},
-                        options=kwargs["options"])  # fmt: skip
+    data, metadata, model = _untrained(tiny_real)
     payload = {**model_payload(metadata, model, epoch=1, val_mae=1.0), "bias_correction": None}
     save_checkpoint(tmp_path / "plain.pt", payload)
     correction = {"slope": 0.5, "intercept": 20.0}
