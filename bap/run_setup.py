@@ -72,8 +72,8 @@ def _check_validation(cfg: BapConfig, n_val_scans: int, allow_no_validation: boo
     if not allow_no_validation:
         raise ValueError(
             f"no real validation scans: {where}. The validation MAE selects the model and fits the bias "
-            "correction, and nothing stands in for it; give the split a validation share, or train with "
-            "allow_no_validation=True to keep the last epoch without validation"
+            "correction, and nothing stands in for it; give the split a validation share, or call "
+            "bap.train.train(..., allow_no_validation=True) to keep the last epoch without validation"
         )
     if cfg.train.schedule == "plateau":
         raise ValueError(
