@@ -7,11 +7,15 @@ A model checkpoint (``best.pt``) holds everything needed to predict on a new coh
 
 A resume checkpoint (``last.pt``) adds ``optimizer``, ``scheduler``, ``rng``, ``best_val_mae``, ``best_epoch``,
 ``bad_epochs`` and ``history``.
+
+:func:`load_checkpoint` checks the fields once, when the file is read; :func:`build_from_checkpoint` builds the
+network of a payload read that way, and :func:`load_model` does both and keeps the network with its payload.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +26,17 @@ from torch import nn
 from bap.models import HEADS, build_model
 from bap.sfcn import convert_peng_state_dict
 from flowlet.data.io import atomic_path
+from flowlet.data.state_dict import state_mismatch
 
 __all__ = [
     "FORMAT",
+    "BrainAgeModel",
     "build_from_checkpoint",
     "check_model_fields",
     "get_rng_state",
     "load_checkpoint",
     "load_init_weights",
+    "load_model",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -45,6 +52,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _torch_load(path: Path, what: str, *, missing: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; a missing or unreadable file is a ValueError naming it."""
+    if not path.is_file():
+        raise ValueError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from exc
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no unpickling of arbitrary objects).
 
@@ -52,12 +69,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: naming the file when it is missing, unreadable or not a brain-age checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    payload = _torch_load(path, "checkpoint", missing="checkpoint not found")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a brain-age checkpoint (expected format '{FORMAT}')")
     check_model_fields(payload, path)
@@ -96,10 +108,13 @@ def check_model_fields(payload: dict[str, Any], source: str | Path) -> None:
 def build_from_checkpoint(payload: dict[str, Any], *, source: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights (eval mode, CPU).
 
+    Args:
+        payload: a checkpoint from :func:`load_checkpoint`, whose fields that function has checked.
+        source: the file, for messages.
+
     Raises:
         ValueError: naming ``source`` and the missing, unexpected or mis-shaped weights (or the bad options).
     """
-    check_model_fields(payload, source)
     kwargs = payload["model_kwargs"]
     try:
         model = build_model(
@@ -113,32 +128,45 @@ def build_from_checkpoint(payload: dict[str, Any], *, source: str | Path = "chec
         raise ValueError(
             f"{source}: cannot rebuild model '{payload['model_name']}' from 'model_kwargs' ({exc})"
         ) from exc
-    problems = _state_problems(model.state_dict(), payload["state_dict"])
-    if problems:
+    mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
+    if not mismatch.fits:
         raise ValueError(
-            f"{source}: the weights do not fit model '{payload['model_name']}': {'; '.join(problems)}"
+            f"{source}: the weights do not fit model '{payload['model_name']}': {'; '.join(mismatch.lines(3))}"
         )
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 
 
-def _state_problems(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> list[str]:
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in found and tuple(found[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if items:
-            problems.append(f"{len(items)} {label}, e.g. {items[:3]}")
-    return problems
+@dataclass(frozen=True)
+class BrainAgeModel:
+    """A checkpoint's network, built once, with what prediction needs besides it.
+
+    Attributes:
+        model: the network (eval mode).
+        payload: the checkpoint (``norm``, ``bias_correction``, ``image_shape``, ``split`` ...).
+        source: where it was read from, for messages.
+    """
+
+    model: nn.Module
+    payload: dict[str, Any]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """The ``(X, Y, Z)`` grid the model was trained on (None in checkpoints that predate the field)."""
+        shape = self.payload.get("image_shape")
+        return tuple(int(s) for s in shape) if shape else None
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> BrainAgeModel:
+    """Read a checkpoint, check its fields and build its network, each once.
+
+    Raises:
+        ValueError: naming the file (see :func:`load_checkpoint` and :func:`build_from_checkpoint`).
+    """
+    payload = load_checkpoint(path)
+    model = build_from_checkpoint(payload, source=path).to(device)
+    return BrainAgeModel(model=model, payload=payload, source=str(path))
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -178,12 +206,8 @@ _COHORT_BUFFERS = ("age_mean", "age_std", "bin_centers")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ValueError(f"{path}: initial weights not found (download the file first; nothing is fetched)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the initial weights ({type(exc).__name__}: {exc})") from exc
+    missing = "initial weights not found (download the file first; nothing is fetched)"
+    payload = _torch_load(path, "initial weights", missing=missing)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]  # a bap-train checkpoint or a training-script dict
     if not isinstance(payload, dict) or not all(torch.is_tensor(v) for v in payload.values()):
@@ -218,26 +242,18 @@ def load_init_weights(
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in _COHORT_BUFFERS}
     weights = {k: v for k, v in weights.items() if k.rsplit(".", 1)[-1] not in _COHORT_BUFFERS}
     head = HEADS.get(model_name, "\0")
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    wrong = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(weights[k].shape))
-    skipped = [k for k in wrong if skip_head_mismatch and k.startswith(head)]
-    wrong = [k for k in wrong if k not in skipped]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-    if wrong:
-        shapes = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:3]]
+    mismatch = state_mismatch(own, weights, found_label="file")
+    skipped = sorted(k for k, _, _ in mismatch.shapes if skip_head_mismatch and k.startswith(head))
+    mismatch = mismatch.without_shapes(skipped)
+    if not mismatch.fits:
         hint = (
             " (the output layer: pass --init-skip-head to re-initialise it)"
-            if wrong[0].startswith(head)
+            if any(k.startswith(head) for k, _, _ in mismatch.shapes)
             else ""
         )
-        problems.append(f"{len(wrong)} shape mismatch(es), e.g. {shapes}{hint}")
-    if problems:
-        raise ValueError(f"{path}: initial weights do not fit model '{model_name}': " + "; ".join(problems))
+        raise ValueError(
+            f"{path}: initial weights do not fit model '{model_name}': {'; '.join(mismatch.lines(3))}{hint}"
+        )
     loaded = [k for k in own if k not in skipped]
     model.load_state_dict({k: weights[k] for k in loaded}, strict=False)
     return {"loaded": loaded, "skipped_head": skipped}

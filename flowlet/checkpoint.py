@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from flowlet import __version__
 from flowlet.data.io import atomic_path, sha256_file, write_json_atomic
+from flowlet.data.state_dict import state_mismatch
 from flowlet.models.config import UNetConfig
-from flowlet.models.state_dict import describe_mismatch
+from flowlet.models.state_dict import config_disagreements
 from flowlet.models.unet import ConditionalUNet
 from flowlet.official import (
     SLIM_CONFIG_KEYS,
@@ -127,12 +128,15 @@ def _build_model(
 ) -> ConditionalUNet:
     with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
         model = ConditionalUNet(config)
-    labels = _OFFICIAL_LABELS if official else None
-    problem = describe_mismatch(
-        state, model, config, source=source, config_name=config_name, field_label=labels
-    )
-    if problem:
-        raise CheckpointError(problem)
+    mismatch = state_mismatch(model.state_dict(), state)
+    if not mismatch.fits:
+        labels = _OFFICIAL_LABELS if official else None
+        lines = [
+            f"{source}: the weights do not fit the architecture described by {config_name}",
+            *mismatch.lines(),
+            *config_disagreements(state, config, config_name=config_name, field_label=labels),
+        ]
+        raise CheckpointError("\n  ".join(lines))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowlet.data.runtime import AUTOCAST_DTYPES
 from flowlet.guidance import ABLATIONS, ModelVelocity
 from flowlet.solvers import SOLVERS, TIME_GRIDS, get_solver, get_time_grid
 
@@ -44,13 +45,7 @@ __all__ = [
     "sample_seeds",
 ]
 
-_AUTOCAST = {
-    None: None,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
+_AUTOCAST = AUTOCAST_DTYPES  # one table of precision names, shared with the trainers
 
 
 @dataclass(frozen=True)

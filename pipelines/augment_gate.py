@@ -105,24 +105,15 @@ def build_gate(options: AugmentOptions, affine):
 
 def _age_check(checkpoint: str, tolerance: float):
     """Reject volumes whose (bias-corrected) predicted age is more than ``tolerance`` years off."""
-    from bap.checkpoint import build_from_checkpoint, load_checkpoint
-    from bap.data import apply_normalisation
-    from bap.metrics import BiasCorrection
-    from bap.train import predict_images
+    from bap.checkpoint import load_model
+    from bap.predict import predict_arrays
 
-    payload = load_checkpoint(checkpoint)
-    model = build_from_checkpoint(payload)
-    correction = payload.get("bias_correction")
-    expected = tuple(payload.get("image_shape") or ())
+    bap_model = load_model(checkpoint)
 
     def check(volumes, ages):
-        if expected and tuple(volumes.shape[1:]) != expected:
-            raise ValueError(
-                f"--gate-bap {checkpoint}: the model was trained on images of shape {expected}; the synthetic "
-                f"brains have shape {tuple(volumes.shape[1:])} (use a brain-age model of the same grid)"
-            )
-        pred = predict_images(model, apply_normalisation(volumes, payload["norm"]))
-        pred = BiasCorrection(**correction).apply(pred) if correction else pred
+        pred = predict_arrays(
+            bap_model, volumes, what=f"--gate-bap {checkpoint}: the synthetic brains"
+        ).corrected
         return [
             None
             if abs(p - a) <= tolerance

@@ -48,19 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from bap import metrics
-    from bap.checkpoint import build_from_checkpoint, load_checkpoint
+    from bap.checkpoint import load_model
     from bap.predict import predict_cohort
     from flowlet.data.cohort import load_cohort
     from flowlet.data.io import write_table_atomic
     from flowlet.data.outputs import check_output_file
 
     check_output_file(args.out, [args.cohort, args.checkpoint], overwrite=args.overwrite)
-    payload = load_checkpoint(args.checkpoint)
-    build_from_checkpoint(
-        payload, source=args.checkpoint
-    )  # missing keys or wrong shapes: refused before any work
+    bap_model = load_model(args.checkpoint, device=args.device)  # a bad checkpoint is refused before any work
     table = load_cohort(args.cohort).table
-    out = predict_cohort(payload, table, batch_size=args.batch_size, device=args.device)
+    out = predict_cohort(bap_model, table, batch_size=args.batch_size, device=args.device)
     write_table_atomic(args.out, out)
     if len(out) > 1:
         logger.info(

@@ -9,13 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowlet.models.config import UNetConfig
 
-__all__ = ["describe_mismatch", "effective_attention", "infer_architecture"]
-
-_SHOWN = 8  # how many keys of each kind a message lists
+__all__ = ["config_disagreements", "effective_attention", "infer_architecture"]
 
 
 def _block_count(state: Mapping[str, Tensor], prefix: str) -> int:
@@ -87,60 +85,33 @@ def effective_attention(config: UNetConfig) -> tuple[int, ...]:
     return tuple(sorted(set(config.attention_resolutions) & possible))
 
 
-def _listing(label: str, items: list[str]) -> str:
-    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-    return f"  {len(items)} {label}: {items[:_SHOWN]}{more}"
-
-
-def describe_mismatch(
+def config_disagreements(
     state: Mapping[str, Tensor],
-    model: nn.Module,
     config: UNetConfig,
     *,
-    source: str,
     config_name: str,
     field_label: Mapping[str, str] | None = None,
-) -> str | None:
-    """Explain why ``state`` does not load into ``model`` (built from ``config``); None when it fits exactly.
+) -> list[str]:
+    """One line per :class:`UNetConfig` field that disagrees with what the weights reveal.
 
     Args:
         state: the checkpoint's state dict.
-        model: the network the config describes (a meta-device model is enough).
-        config: its configuration.
-        source: checkpoint name for the message.
+        config: the configuration the network was built from.
         config_name: where the config came from ("config.json", "model_config").
         field_label: how to name each UNetConfig field in the message (default: the field name).
 
     Returns:
-        A multi-line message: the first missing/unexpected keys, shape mismatches, then one line per config
-        field that disagrees with the weights.
+        Lines such as ``config.json says unet_model_channels=128 but the checkpoint has 8``; empty when they agree.
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != expected[k]
-    ]
-    if not (missing or unexpected or shapes):
-        return None
-    lines = [f"{source}: the weights do not fit the architecture described by {config_name}"]
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if items:
-            lines.append(_listing(label, items))
     wanted = config.to_dict() | {"attention_resolutions": effective_attention(config)}
+    lines = []
     for name, found in infer_architecture(state).items():
         mine = wanted.get(name)
         mine = tuple(mine) if isinstance(mine, list) else mine
         if mine != found:
             label = (field_label or {}).get(name, name)
-            lines.append(f"  {config_name} says {label}={_show(mine)} but the checkpoint has {_show(found)}")
-    return "\n".join(lines)
+            lines.append(f"{config_name} says {label}={_show(mine)} but the checkpoint has {_show(found)}")
+    return lines
 
 
 def _show(value: Any) -> str:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from flowlet.data import keys
 from flowlet.data.cohort import Cohort
+from flowlet.data.runtime import autocast_context
 from flowlet.models.config import UNetConfig
 from flowlet.paths import get_path, get_time_sampler
 from flowlet.training import distributed as dist_utils
@@ -134,9 +135,7 @@ class Trainer:
         )
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype, cuda_only=False)
 
     # ------------------------------------------------------------------------------------------------- step
     def _draws(self, step: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:

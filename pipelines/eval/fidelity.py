@@ -185,13 +185,13 @@ def phantom_curves_of(source: str | Path) -> Any:
 
 def _predict(checkpoint: str | Path, tables: dict[str, pd.DataFrame], column: str) -> dict[str, pd.DataFrame]:
     """Predicted age of every image of each cohort table (``image_id`` order kept)."""
-    from bap.checkpoint import load_checkpoint
+    from bap.checkpoint import load_model
     from bap.predict import predict_cohort
 
-    payload = load_checkpoint(checkpoint)
+    bap_model = load_model(checkpoint)
     out = {}
     for label, table in tables.items():
-        pred = predict_cohort(payload, table)
+        pred = predict_cohort(bap_model, table)
         out[label] = table[["image_id", "age"]].assign(pred=pred[column].to_numpy())
     return out
 

@@ -219,17 +219,17 @@ def test_epoch_subset_sampler_draws_a_fresh_fixed_size_subset_each_epoch():
 def test_epoch_size_real_gives_every_ratio_the_real_number_of_samples(
     tiny_real, tiny_synthetic, tmp_path, monkeypatch
 ):
-    import bap.train as bap_train_module
+    import bap.run_setup as bap_setup_module
 
     seen = []
-    original = bap_train_module.EpochSubsetSampler
+    original = bap_setup_module.EpochSubsetSampler
 
     class Spy(original):
         def __init__(self, n, per_epoch, **kwargs):
             seen.append((n, per_epoch))
             super().__init__(n, per_epoch, **kwargs)
 
-    monkeypatch.setattr(bap_train_module, "EpochSubsetSampler", Spy)
+    monkeypatch.setattr(bap_setup_module, "EpochSubsetSampler", Spy)
     cohort = load_cohort(tiny_real).table
     synthetic = load_cohort(tiny_synthetic).table
     for ratio in (0.0, 1.0):
