@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowlet.data.config import convert_value
+from flowlet.data.config import convert_value, to_plain
 
 __all__ = ["AtlasConfig", "EvalConfig", "PrivacyConfig", "QualityConfig", "SegmentationConfig"]
 
@@ -95,17 +95,7 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples), ready for ``yaml.safe_dump``."""
-
-        def plain(value: Any) -> Any:
-            if dataclasses.is_dataclass(value):
-                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, tuple | list):
-                return [plain(v) for v in value]
-            return value
-
-        return plain(self)
+        return to_plain(self)
 
 
 #: Accepted range of each numeric setting: (low, high, low excluded).
