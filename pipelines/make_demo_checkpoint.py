@@ -131,6 +131,7 @@ def run_quality_check(
     )
     from flowlet.checkpoint import load_bundle
     from flowlet.data.cohort import load_cohort
+    from flowlet.data.nifti import voxel_volume_mm3
     from flowlet.export import decode_and_export
     from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
@@ -145,7 +146,7 @@ def run_quality_check(
     reference = reference_images(list(table["path"]), bundle.model_input_size, bundle.save_size)
     affine = np.asarray(bundle.affine)
     region = ventricle_region(bundle.save_size, affine)
-    meter = VentricleVolumeMeter(region, abs(float(np.linalg.det(affine[:3, :3])))).fit(reference)
+    meter = VentricleVolumeMeter(region, voxel_volume_mm3(affine)).fit(reference)
     report = quality_check(volumes, ages, seeds, reference, table["age"].to_numpy(), meter)
     return report, volumes, bundle
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
+import pytest
 import yaml
+from scipy.spatial.transform import Rotation
 
 from flowlet.data.config import build_section, to_plain
+from flowlet.data.grid import MNI_2MM_AFFINE, Grid
+from flowlet.data.nifti import Volume, voxel_volume_mm3
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,23 @@ def test_to_plain_leaves_scalars_and_does_not_share_lists():
     plain = to_plain(value)
     assert plain == value and plain["a"] is not value["a"]
     assert to_plain(3.5) == 3.5 and to_plain(None) is None
+
+
+def _oblique_affine() -> np.ndarray:
+    """A rotated, sheared, x-flipped grid of 2 x 3 x 4 mm voxels: its voxel volume is 24 mm³ by construction."""
+    rotation = Rotation.from_euler("xyz", [20.0, -35.0, 50.0], degrees=True).as_matrix()
+    shear = np.array([[1.0, 0.4, 0.0], [0.0, 1.0, -0.3], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-2.0, 3.0, 4.0]) @ shear
+    affine[:3, 3] = [90.0, -126.0, -72.0]
+    return affine
+
+
+def test_voxel_volume_of_an_oblique_sheared_affine():
+    affine = _oblique_affine()
+    assert voxel_volume_mm3(affine) == pytest.approx(24.0, rel=1e-12)
+    # The product of the edge lengths (the zooms) overstates it once the axes are not orthogonal.
+    assert np.prod(np.linalg.norm(affine[:3, :3], axis=0)) > 24.5
+    assert Volume(np.zeros((2, 2, 2)), affine).voxel_volume_mm3 == voxel_volume_mm3(affine)
+    assert Grid((2, 2, 2), affine).voxel_volume_mm3 == voxel_volume_mm3(affine)
+    assert voxel_volume_mm3(MNI_2MM_AFFINE) == pytest.approx(8.0, rel=1e-12)
