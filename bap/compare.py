@@ -413,10 +413,9 @@ def plot_bins(
     ``reference`` (optional; columns ``age_bin``, ``mae_years``, ``mae_low_years``, ``mae_high_years`` and
     ``label``) is drawn as a grey dashed line with its band, e.g. a ridge regression on true region volumes.
     """
-    import matplotlib
+    from flowlet.data.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     per_bin = bins[bins["age_bin"] != "all"]
     labels = sorted(dict.fromkeys(per_bin["age_bin"]), key=lambda b: float(b[1:].split(",")[0]))

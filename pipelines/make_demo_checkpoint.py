@@ -153,10 +153,9 @@ def run_quality_check(
 
 def make_figures(report, volumes: np.ndarray, ages: list[float], docs: Path) -> list[Path]:
     """Mid-slice montage by age and ventricle volume versus age (PNG files in ``docs/figures``)."""
-    import matplotlib
+    from flowlet.data.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from flowlet.data.io import atomic_path
 

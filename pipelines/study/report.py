@@ -20,6 +20,7 @@ import pandas as pd
 
 from flowlet import __version__
 from flowlet.data import keys
+from flowlet.data.figures import pyplot
 from flowlet.data.io import write_table_atomic, write_text_atomic
 from pipelines.study.config import StudyConfig
 from pipelines.study.html import HtmlReport
@@ -222,17 +223,8 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def split_histogram(split: pd.DataFrame, bin_width: float) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     edges = np.arange(
         np.floor(split[keys.AGE].min() / bin_width) * bin_width, split[keys.AGE].max() + bin_width, bin_width
     )
@@ -257,7 +249,7 @@ def montage(real: pd.DataFrame, synthetic: pd.DataFrame, ages: list[float]) -> b
     """Mid-sagittal and axial slices of the real and synthetic brains closest to each age."""
     from flowlet.data.cohort import read_image
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2 * len(ages), figsize=(2.2 * 2 * len(ages), 4.8))
     for col, age in enumerate(ages):
         for row, (name, table) in enumerate((("real", real), ("synthetic", synthetic))):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,3 +76,24 @@ def test_voxel_volume_of_an_oblique_sheared_affine():
     assert Volume(np.zeros((2, 2, 2)), affine).voxel_volume_mm3 == voxel_volume_mm3(affine)
     assert Grid((2, 2, 2), affine).voxel_volume_mm3 == voxel_volume_mm3(affine)
     assert voxel_volume_mm3(MNI_2MM_AFFINE) == pytest.approx(8.0, rel=1e-12)
+
+
+def _backend_after_pyplot(setup: str, env_backend: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    if env_backend is not None:
+        env["MPLBACKEND"] = env_backend
+    code = f"{setup}\nfrom flowlet.data.figures import pyplot\nprint(pyplot().get_backend().lower())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("setup", "env_backend", "expected"),
+    [
+        ("", None, "agg"),  # nothing chosen: a file backend, no display needed
+        ("", "svg", "svg"),  # MPLBACKEND is the user's choice
+        ("import matplotlib; matplotlib.use('pdf')", None, "pdf"),  # so is matplotlib.use before us
+    ],
+)
+def test_pyplot_selects_agg_only_when_no_backend_was_chosen(setup, env_backend, expected):
+    assert _backend_after_pyplot(setup, env_backend) == expected
