@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_cli()
     from flowlet.data.io import write_json_atomic
+    from flowlet.sampling import default_time_grid
 
     if args.ablate:
         run_ablations(args.work, args.ablate, args.docs)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(checkpoint),
         "solver": args.solver,
         "steps": args.steps,
-        "time_grid": "uniform" if args.solver == "euler" else "cosine",
+        "time_grid": default_time_grid(args.solver),
         "guidance_scale": args.guidance,
         "seeds_per_age": args.seeds,
         "train_step": bundle.provenance.get("step"),
