@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from flowlet.data.bins import age_bin_labels, label_start
+
 __all__ = [
     "BiasCorrection",
     "BiasDecision",
@@ -259,13 +261,6 @@ def bootstrap_ci(
     return BootstrapCI(float(statistic(age, pred)), float(low), float(high), n_boot)
 
 
-def age_bin_labels(age: np.ndarray, width: float = 10.0, origin: float = 0.0) -> np.ndarray:
-    """Label each age with its bin ``"[lo, hi)"`` of the given width, e.g. ``"[40, 50)"``."""
-    age = np.asarray(age, dtype=np.float64)
-    lo = origin + np.floor((age - origin) / width) * width
-    return np.array([f"[{a:g}, {a + width:g})" for a in lo], dtype=object)
-
-
 def _mean(values: np.ndarray, _unused: np.ndarray) -> float:
     return float(np.mean(values))
 
@@ -299,7 +294,7 @@ def per_bin_table(
     gap = np.full_like(age, np.nan) if gap is None else np.asarray(gap, dtype=np.float64)
     groups = np.arange(age.size) if groups is None else np.asarray(groups)
     bins = age_bin_labels(age, bin_width)
-    labels = sorted(set(bins), key=lambda b: float(b[1:].split(",")[0]))
+    labels = sorted(set(bins), key=label_start)
     parts = [("all", np.ones(age.size, dtype=bool))] + [(label, bins == label) for label in labels]
     rows = []
     for label, mask in parts:
