@@ -20,7 +20,7 @@ import pandas as pd
 
 from flowlet import __version__
 from flowlet.data import keys
-from flowlet.data.bins import age_bin_labels
+from flowlet.data.bins import age_bin_labels, width_edges
 from flowlet.data.figures import pyplot
 from flowlet.data.io import write_table_atomic, write_text_atomic
 from pipelines.study.config import StudyConfig
@@ -223,9 +223,7 @@ def _png(fig) -> bytes:
 
 def split_histogram(split: pd.DataFrame, bin_width: float) -> bytes:
     plt = pyplot()
-    edges = np.arange(
-        np.floor(split[keys.AGE].min() / bin_width) * bin_width, split[keys.AGE].max() + bin_width, bin_width
-    )
+    edges = width_edges(split[keys.AGE].to_numpy(float), bin_width)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     groups = [split.loc[split[keys.SPLIT] == s, keys.AGE] for s in ("train", "val", "test")]
     ax.hist(
