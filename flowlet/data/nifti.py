@@ -76,7 +76,7 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
     transform the same number is its volume scale (the Jacobian of an affine map is constant).
 
     Example:
-        >>> voxel_volume_mm3(np.diag([2.0, 3.0, 4.0, 1.0]))
+        >>> round(voxel_volume_mm3(np.diag([2.0, 3.0, 4.0, 1.0])), 9)
         24.0
     """
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
