@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowlet.data.config import convert_value
+from flowlet.data.config import build_section, to_plain
 
 __all__ = ["AtlasConfig", "EvalConfig", "PrivacyConfig", "QualityConfig", "SegmentationConfig"]
 
@@ -59,53 +58,19 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> EvalConfig:
-        """Build from a nested mapping; unknown keys raise ``ValueError`` naming ``source`` and the key."""
-        sections = {
-            "atlas": AtlasConfig,
-            "segmentation": SegmentationConfig,
-            "quality": QualityConfig,
-            "privacy": PrivacyConfig,
-        }
-        kwargs = _known(cls, raw, source)
-        for name, sub in sections.items():
-            if name in kwargs:
-                if not isinstance(kwargs[name], dict):
-                    raise ValueError(
-                        f"{source}: '{name}' must be a mapping, got {type(kwargs[name]).__name__}"
-                    )
-                kwargs[name] = sub(**_known(sub, kwargs[name], f"{source}:{name}"))
-        if "combined_regions" in kwargs:
-            kwargs["combined_regions"] = {
-                str(k): tuple(map(str, v)) for k, v in kwargs["combined_regions"].items()
-            }
-        if "key_regions" in kwargs:
-            pairs = [tuple(map(str, p)) for p in kwargs["key_regions"]]
-            bad = [p for p in pairs if len(p) != 2]
-            if bad:
-                raise ValueError(f"{source}: key_regions entries must be [region, tissue] pairs; got {bad}")
-            kwargs["key_regions"] = tuple(pairs)
-        if "age_bins" in kwargs:
-            bins = tuple(float(b) for b in kwargs["age_bins"])
-            if any(b >= c for b, c in itertools.pairwise(bins)):
-                raise ValueError(f"{source}: age_bins must increase strictly; got {list(bins)}")
-            kwargs["age_bins"] = bins
-        config = cls(**kwargs)
+        """Build from a nested mapping; unknown keys and wrong types raise ``ValueError`` naming ``source`` and the
+        dotted key (:func:`flowlet.data.config.build_section`)."""
+        config = build_section(cls, raw, source)
+        regions = {str(k): tuple(map(str, v)) for k, v in config.combined_regions.items()}
+        config = dataclasses.replace(config, combined_regions=regions)
+        if any(b >= c for b, c in itertools.pairwise(config.age_bins)):
+            raise ValueError(f"{source}: age_bins must increase strictly; got {list(config.age_bins)}")
         _check_ranges(config, source)
         return config
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples), ready for ``yaml.safe_dump``."""
-
-        def plain(value: Any) -> Any:
-            if dataclasses.is_dataclass(value):
-                return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-            if isinstance(value, dict):
-                return {k: plain(v) for k, v in value.items()}
-            if isinstance(value, tuple | list):
-                return [plain(v) for v in value]
-            return value
-
-        return plain(self)
+        return to_plain(self)
 
 
 #: Accepted range of each numeric setting: (low, high, low excluded).
@@ -139,16 +104,3 @@ def _check_ranges(config: EvalConfig, source: str) -> None:
     gap = config.quality.max_age_gap
     if gap is not None and not (isinstance(gap, int | float) and 0 <= gap <= 120):
         raise ValueError(f"{source}: quality.max_age_gap = {gap!r}; expected null or a number in [0, 120]")
-
-
-def _known(cls: type, raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check keys and simple types (numbers, strings, booleans) of one section; nested ones are checked by the caller."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    hints = typing.get_type_hints(cls)
-    simple = {k: v for k, v in raw.items() if hints[k] in (int, float, bool, str)}
-    for key, value in simple.items():
-        convert_value(value, hints[key], f"{source}: {key}")
-    return dict(raw)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.metrics.image import handcrafted_features, robust_normalise
+from analysis.metrics.image import handcrafted_features, percentile_to_unit
 from analysis.segmentation import TISSUES, on_grid
 from analysis.validation import tissue_dice, truth_tissue_paths
 from analysis.volumetrics import RegionVolumetrics, combine_regions, region_tissue_table
@@ -170,7 +170,7 @@ def _measure_one(row: dict, volumetrics: RegionVolumetrics, *, features: bool, k
     if truth_paths is not None:
         truth = {t: on_grid(read_image(p), volumetrics.grid_).data for t, p in truth_paths.items()}
         result["dice"] = tissue_dice(maps.probabilities, truth)
-    norm = robust_normalise(maps.intensity, maps.mask)
+    norm = percentile_to_unit(maps.intensity, maps.mask)
     if features:
         result["features"] = handcrafted_features(np.where(maps.mask, norm, 0.0), maps.mask)
     if keep_images:
@@ -207,5 +207,5 @@ def load_normalised(table: pd.DataFrame, grid, mask: np.ndarray, *, progress: bo
     out = np.empty((len(rows), int(mask.sum())), np.float32)
     for i, row in enumerate(tqdm(rows, desc="images", unit="image", disable=not progress)):
         volume = on_grid(read_image(row[PATH]), grid)
-        out[i] = robust_normalise(volume.data, mask)[mask]
+        out[i] = percentile_to_unit(volume.data, mask)[mask]
     return out

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -29,12 +28,12 @@ import pandas as pd
 
 from analysis.metrics.distances import mmd
 from analysis.metrics.image import standardise_features
+from flowlet.data.bins import edge_labels, label_ages
 from flowlet.data.keys import AGE
 
 __all__ = [
     "DEFAULT_STRUCTURES",
     "PHANTOM_STRUCTURES",
-    "age_bins",
     "age_gap_by_bin",
     "binned_differences",
     "binned_ratio",
@@ -85,27 +84,6 @@ def structure_table(
         part = volumes[(volumes["region"] == region) & (volumes["tissue"] == tissue)]
         frames.append(part[["image_id", AGE, VOLUME]].assign(**{STRUCTURE: name}))
     return pd.concat(frames, ignore_index=True)[["image_id", AGE, STRUCTURE, VOLUME]]
-
-
-def age_bins(ages: Sequence[float] | np.ndarray, edges: Sequence[float]) -> pd.Series:
-    """Bin label ``"10-20"`` of each age (left-closed bins, the last one closed); NaN outside the edges."""
-    edges = np.asarray(edges, dtype=np.float64)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"age bin edges must be at least two increasing numbers, got {edges.tolist()}")
-    ages = np.asarray(ages, dtype=np.float64)
-    index = np.searchsorted(edges, ages, side="right") - 1
-    index = np.where(ages == edges[-1], edges.size - 2, index)
-    labels = np.array(_bin_order(edges), dtype=object)
-    inside = (index >= 0) & (index < edges.size - 1)
-    return pd.Series(np.where(inside, labels[np.clip(index, 0, edges.size - 2)], None), dtype=object)
-
-
-def _fmt(value: float) -> str:
-    return f"{value:g}"
-
-
-def _bin_order(edges: Sequence[float]) -> list[str]:
-    return [f"{_fmt(a)}-{_fmt(b)}" for a, b in itertools.pairwise(edges)]
 
 
 # -------------------------------------------------------------------------------------------- bootstrap
@@ -173,7 +151,7 @@ def binned_differences(
     real, synthetic = _binned(real, edges), _binned(synthetic, edges)
     rows = []
     for name in sorted(set(real[STRUCTURE]) & set(synthetic[STRUCTURE])):
-        for label in _bin_order(edges):
+        for label in edge_labels(edges):
             r = _values(real, name, label, value)
             s = _values(synthetic, name, label, value)
             boot_r, boot_s = _boot_means(r, n_boot, rng), _boot_means(s, n_boot, rng)
@@ -200,7 +178,7 @@ def binned_differences(
 
 
 def _binned(table: pd.DataFrame, edges: Sequence[float]) -> pd.DataFrame:
-    return table.assign(bin=age_bins(table[AGE].to_numpy(), edges).to_numpy())
+    return table.assign(bin=label_ages(table[AGE].to_numpy(), edges))
 
 
 def _values(table: pd.DataFrame, name: str, label: str, value: str) -> np.ndarray:
@@ -354,7 +332,7 @@ def age_gap_by_bin(
     frame = _binned(predictions, edges)
     gap = frame[predicted].to_numpy(np.float64) - frame[AGE].to_numpy(np.float64)
     rows = []
-    for label in _bin_order(edges):
+    for label in edge_labels(edges):
         g = gap[(frame["bin"] == label).to_numpy()]
         low, high = _interval(_boot_means(g, n_boot, rng), confidence)
         rows.append(
@@ -391,7 +369,7 @@ def binned_ratio(
     rng = np.random.default_rng(seed)
     real, synthetic = _binned(real, edges), _binned(synthetic, edges)
     rows = []
-    for label in [*_bin_order(edges), "all"]:
+    for label in [*edge_labels(edges), "all"]:
         r = real[value] if label == "all" else real.loc[real["bin"] == label, value]
         s = synthetic[value] if label == "all" else synthetic.loc[synthetic["bin"] == label, value]
         r, s = r.to_numpy(np.float64), s.to_numpy(np.float64)
@@ -427,10 +405,10 @@ def realism_by_bin(
         ``bin``, ``n_real``, ``n_synthetic``, ``mmd`` (NaN where a set has fewer than 2 images in the bin).
     """
     r, s = standardise_features(np.asarray(features_real), np.asarray(features_synthetic))
-    bins_r = age_bins(ages_real, edges).to_numpy()
-    bins_s = age_bins(ages_synthetic, edges).to_numpy()
+    bins_r = label_ages(ages_real, edges)
+    bins_s = label_ages(ages_synthetic, edges)
     rows = []
-    for label in [*_bin_order(edges), "all"]:
+    for label in [*edge_labels(edges), "all"]:
         kr = np.ones(len(r), bool) if label == "all" else bins_r == label
         ks = np.ones(len(s), bool) if label == "all" else bins_s == label
         value = mmd(r[kr], s[ks]) if kr.sum() >= 2 and ks.sum() >= 2 else np.nan

@@ -14,26 +14,18 @@ import numpy as np
 import pandas as pd
 
 from analysis.metrics.trajectory import linear_fit
+from flowlet.data.figures import pyplot
 from flowlet.data.io import atomic_path
 from flowlet.data.keys import AGE
 
 __all__ = ["plot_privacy", "plot_trajectories", "plot_volume_agreement"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -52,7 +44,7 @@ def plot_trajectories(
         path: PNG destination.
         value: plotted column.
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = max(len(regions), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, (region, tissue) in zip(axes[0], regions):
@@ -80,7 +72,7 @@ def plot_privacy(
     baseline: np.ndarray, synthetic: np.ndarray, threshold: float, path: str | os.PathLike
 ) -> Path:
     """Histograms of nearest-training-image correlations: held-out real (baseline) versus synthetic."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     values = np.concatenate([np.ravel(baseline), np.ravel(synthetic)])
     bins = np.linspace(float(values.min()), float(max(values.max(), threshold)) + 1e-6, 30)
@@ -102,7 +94,7 @@ def plot_volume_agreement(
     panel: str = "structure",
 ) -> Path:
     """Measured versus true volume, one panel per structure, with the identity line and Pearson r."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(dict.fromkeys(table[panel]))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(3.8 * max(len(groups), 1), 3.6), squeeze=False)
     for ax, name in zip(axes[0], groups):

@@ -21,7 +21,7 @@ from scipy import ndimage
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from flowlet.data.nifti import Volume
+from flowlet.data.nifti import Volume, voxel_volume_mm3
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TissueMaps:
 
     @property
     def voxel_volume_mm3(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        return voxel_volume_mm3(self.affine)
 
     def hard_labels(self) -> np.ndarray:
         """``(X, Y, Z)`` uint8: 0 where background is most likely (or outside the mask), else 1 + argmax over

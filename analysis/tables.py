@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.metrics.roi import ROI_METRICS, summarise_roi
 from flowlet.data.io import write_table_atomic, write_text_atomic
+from flowlet.data.markdown import markdown_table
 
 __all__ = [
     "format_mean_sd",
@@ -52,11 +53,7 @@ def format_mean_sd(mean: float, sd: float, *, digits: int = 3) -> str:
 
 def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of ``frame`` (index not included)."""
-    cells = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
-    header = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", r"\|") for c in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
+    return markdown_table(frame, cell=_cell)
 
 
 def to_latex(frame: pd.DataFrame, *, caption: str = "", label: str = "") -> str:

@@ -26,7 +26,7 @@ from analysis.registration import (
 )
 from analysis.segmentation import TISSUES, TissueMaps, TissueSegmenter, on_grid
 from flowlet.data.keys import SUBJECT_ID
-from flowlet.data.nifti import Volume
+from flowlet.data.nifti import Volume, voxel_volume_mm3
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +119,6 @@ def intracranial_table(volumes: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataF
         columns={"volume_mni_mm3": "icv_mni_mm3", "volume_native_mm3": "icv_native_mm3"}
     )
     return table.merge(scaling, on="image_id", how="left").reset_index(drop=True)
-
-
-def voxel_volume_mm3(affine: np.ndarray) -> float:
-    """``|det(affine[:3, :3])|`` in mm³."""
-    return float(abs(np.linalg.det(np.asarray(affine, np.float64)[:3, :3])))
 
 
 def label_volumes(

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-__all__ = ["ARM_KINDS", "Arm", "bin_counts", "inverse_frequency_weights", "parse_arms", "ratios_to_arms"]
+__all__ = ["ARM_KINDS", "Arm", "parse_arms", "ratios_to_arms"]
 
 #: Arm kinds; the first three use real scans only.
 ARM_KINDS = ("real", "oversample", "reweight", "synthetic", "synthetic-filtered")
@@ -93,23 +91,3 @@ def parse_arms(text: str | list[str] | tuple[str, ...]) -> list[Arm]:
 def ratios_to_arms(ratios: list[float] | tuple[float, ...]) -> list[Arm]:
     """The arms of the older ``--compare 0,0.5,1`` spelling: ratio 0 is ``real``, others ``synthetic:R``."""
     return [Arm("real") if float(r) == 0 else Arm("synthetic", float(r)) for r in ratios]
-
-
-def bin_counts(ages: np.ndarray, bin_width: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each scan's age-bin index (``floor(age / bin_width)``) and the number of scans in that bin."""
-    bins = np.floor(np.asarray(ages, dtype=np.float64) / bin_width).astype(np.int64)
-    _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
-    return bins, counts[inverse]
-
-
-def inverse_frequency_weights(ages: np.ndarray, bin_width: float) -> np.ndarray:
-    """Per-scan weight ``N / (K * n_b)`` for a scan in bin ``b`` (``N`` scans in ``K`` occupied bins).
-
-    Every occupied bin then carries the same total weight ``N / K`` and the weights average to 1. As draw
-    probabilities (divided by ``N``) they make every occupied bin equally likely: the oversampling target.
-    """
-    bins, per_scan = bin_counts(ages, bin_width)
-    if bins.size == 0:
-        raise ValueError("no training ages to weight")
-    k = np.unique(bins).size
-    return bins.size / (k * per_scan.astype(np.float64))

@@ -14,7 +14,7 @@ fails with the scans named. Outputs in ``out_dir``::
     comparison_bins.png         per-bin MAE with 95 % CIs, every arm on one axis
 
 Training seeds and test subjects are both random: a conclusion should hold for another draw of either. Every CI
-and p value therefore resamples seeds and subjects together (:func:`bap.metrics.crossed_bootstrap`). A bootstrap
+and p value therefore resamples seeds and subjects together (:func:`bap.resampling.crossed_bootstrap`). A bootstrap
 over subjects of seed-averaged errors is narrower, because it treats the trained networks as fixed, and it let a
 verdict flip with the thread count of the machine. An effect is *called* (``verdict`` ``better`` / ``worse``) only
 when its 95 % CI excludes 0, it exceeds the seed-to-seed SD of the per-seed differences, and, for an age bin, its
@@ -32,13 +32,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bap import metrics
-from bap.arms import Arm, inverse_frequency_weights, parse_arms, ratios_to_arms
+from bap import resampling
+from bap.arms import Arm, parse_arms, ratios_to_arms
 from bap.config import BapConfig, replace
 from bap.data import SOURCE, prepare_data
+from bap.figures import plot_bins
 from bap.train import train
 from flowlet.data import keys
-from flowlet.data.io import atomic_path, write_table_atomic, write_text_atomic
+from flowlet.data.bins import age_bin_labels, inverse_frequency_weights, label_start
+from flowlet.data.io import write_table_atomic, write_text_atomic
+from flowlet.data.markdown import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ __all__ = [
     "arm_statistics",
     "compare_predictions",
     "holm",
-    "markdown_table",
     "paired_errors",
     "run_comparison",
     "seed_scan_errors",
@@ -276,7 +278,7 @@ def arm_statistics(
     verdict.
 
     Training seeds and test subjects are both random factors: every CI and p value comes from
-    :func:`bap.metrics.crossed_bootstrap`, which resamples seeds (paired across arms: seed ``k`` of every arm shares
+    :func:`bap.resampling.crossed_bootstrap`, which resamples seeds (paired across arms: seed ``k`` of every arm shares
     its split and initialisation) and subjects. The seed SD is the standard deviation over seeds of the per-seed MAE
     (or of the per-seed difference). The Wilcoxon p compares seed-averaged errors scan by scan.
     """
@@ -288,8 +290,8 @@ def arm_statistics(
     wide = paired_errors(frame, [baseline, *[a for a in arms if a != baseline]])
     subjects = wide.index.get_level_values(keys.SUBJECT_ID).to_numpy()
     ages = wide[keys.AGE].to_numpy(float)
-    bins = metrics.age_bin_labels(ages, bin_width)
-    labels = ["all", *sorted(set(bins), key=lambda b: float(b[1:].split(",")[0]))]
+    bins = age_bin_labels(ages, bin_width)
+    labels = ["all", *sorted(set(bins), key=label_start)]
     errors = {arm: seed_scan_errors(frame, arm, wide.index) for arm in arms}
     ratios = frame.groupby("arm")["ratio"].first() if "ratio" in frame.columns else pd.Series(0.0, index=arms)
     rows = []
@@ -298,7 +300,7 @@ def arm_statistics(
             mask = np.ones(ages.size, bool) if label == "all" else bins == label
             groups = subjects[mask]
             err = errors[arm][:, mask]
-            ci = metrics.crossed_bootstrap(err, groups=groups, n_boot=n_boot, seed=seed)
+            ci = resampling.crossed_bootstrap(err, groups=groups, n_boot=n_boot, seed=seed)
             row = {
                 "arm": arm,
                 "ratio": float(ratios.get(arm, 0.0)),
@@ -315,7 +317,7 @@ def arm_statistics(
                 row.update(p_bootstrap=1.0, p_wilcoxon=1.0)
             else:
                 diff = err - errors[baseline][:, mask]
-                paired = metrics.crossed_bootstrap(diff, groups=groups, n_boot=n_boot, seed=seed)
+                paired = resampling.crossed_bootstrap(diff, groups=groups, n_boot=n_boot, seed=seed)
                 row.update(
                     diff_years=paired.estimate,
                     diff_low_years=paired.low,
@@ -394,61 +396,3 @@ def compare_predictions(
     write_text_atomic(out_dir / "comparison.md", markdown_table(summary))
     plot_bins(bins_frame, out_dir / "comparison_bins.png")
     return ComparisonResult(out_dir, predictions, bins_frame, summary)
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """Render a DataFrame as a GitHub Markdown table (floats with ``digits`` decimals)."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float | np.floating):
-            return "nan" if np.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
-def plot_bins(
-    bins: pd.DataFrame, path: str | Path, *, reference: pd.DataFrame | None = None, title: str | None = None
-) -> Path:
-    """Per-bin test MAE with 95 % CI bars, every arm on one axis (points slightly offset per arm).
-
-    ``reference`` (optional; columns ``age_bin``, ``mae_years``, ``mae_low_years``, ``mae_high_years`` and
-    ``label``) is drawn as a grey dashed line with its band, e.g. a ridge regression on true region volumes.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_bin = bins[bins["age_bin"] != "all"]
-    labels = sorted(dict.fromkeys(per_bin["age_bin"]), key=lambda b: float(b[1:].split(",")[0]))
-    arms = list(dict.fromkeys(per_bin["arm"]))
-    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 4, 4.2))
-    x0 = np.arange(len(labels))
-    if reference is not None and not reference.empty:
-        ref = reference[reference["age_bin"] != "all"].set_index("age_bin").reindex(labels)
-        ax.fill_between(x0, ref["mae_low_years"], ref["mae_high_years"], color="0.85", step=None, zorder=0)
-        ax.plot(x0, ref["mae_years"], "--", color="0.4", label=str(reference["label"].iloc[0]), zorder=1)
-    width = 0.6 / max(len(arms), 1)
-    for i, arm in enumerate(arms):
-        rows = per_bin[per_bin["arm"] == arm].set_index("age_bin").reindex(labels)
-        x = x0 + (i - (len(arms) - 1) / 2) * width
-        err = np.vstack(
-            [rows["mae_years"] - rows["mae_low_years"], rows["mae_high_years"] - rows["mae_years"]]
-        )
-        ax.errorbar(x, rows["mae_years"], yerr=err, fmt="o-", ms=4, capsize=2, lw=1, label=arm, zorder=2)
-    ax.set_xticks(x0, labels)
-    ax.set_xlabel("age bin (years)")
-    ax.set_ylabel("test MAE (years), 95 % CI")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path

@@ -7,14 +7,13 @@ silently falls back to a default. :func:`config_to_dict` gives the plain dict wr
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flowlet.data.config import build_section
+from flowlet.data.config import build_section, to_plain
 
 __all__ = [
     "BapConfig",
@@ -262,15 +261,7 @@ def config_from_dict(raw: dict[str, Any] | None) -> BapConfig:
 
 def config_to_dict(cfg: BapConfig) -> dict[str, Any]:
     """Plain nested dict (lists, not tuples) suitable for YAML and for ``weights_only`` checkpoints."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-
-    return {name: plain(dataclasses.asdict(getattr(cfg, name))) for name in _SECTIONS}
+    return to_plain(cfg)
 
 
 def load_config(path: str | Path) -> BapConfig:

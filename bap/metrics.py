@@ -12,27 +12,22 @@ blows predictions up), too narrow an age range, or a correction that raises the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from flowlet.data.bins import age_bin_labels, label_start
+
 __all__ = [
     "BiasCorrection",
     "BiasDecision",
-    "BootstrapCI",
-    "CrossedBootstrap",
-    "PairedTest",
-    "age_bin_labels",
-    "bootstrap_ci",
-    "crossed_bootstrap",
+    "check_pair",
     "decide_bias_correction",
     "fit_bias_correction",
     "mae",
-    "paired_error_test",
-    "paired_mae_test",
     "pearson_r",
     "per_bin_table",
     "r2",
@@ -41,9 +36,10 @@ __all__ = [
 ]
 
 
-def _pair(
+def check_pair(
     age: Sequence[float] | np.ndarray, pred: Sequence[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``age`` and ``pred`` as flat float64 arrays of one non-zero length (a ``ValueError`` otherwise)."""
     age = np.asarray(age, dtype=np.float64).ravel()
     pred = np.asarray(pred, dtype=np.float64).ravel()
     if age.shape != pred.shape:
@@ -55,19 +51,19 @@ def _pair(
 
 def mae(age: np.ndarray, pred: np.ndarray) -> float:
     """Mean absolute error in years."""
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     return float(np.mean(np.abs(pred - age)))
 
 
 def rmse(age: np.ndarray, pred: np.ndarray) -> float:
     """Root mean squared error in years."""
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     return float(np.sqrt(np.mean((pred - age) ** 2)))
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation; NaN when either input is constant or has fewer than 2 values."""
-    x, y = _pair(x, y)
+    x, y = check_pair(x, y)
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
@@ -75,7 +71,7 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
 
 def r2(age: np.ndarray, pred: np.ndarray) -> float:
     """Coefficient of determination ``1 - SS_res / SS_tot`` of ``pred`` as a predictor of ``age``."""
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     ss_tot = float(np.sum((age - age.mean()) ** 2))
     if ss_tot == 0:
         return float("nan")
@@ -108,7 +104,7 @@ def fit_bias_correction(age: np.ndarray, pred: np.ndarray, *, min_slope: float =
     Raises:
         ValueError: fewer than 2 distinct ages, or a slope below ``min_slope``.
     """
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     if np.unique(age).size < 2:
         raise ValueError("bias correction needs at least 2 distinct ages in the validation set")
     slope, intercept = np.polyfit(age, pred, deg=1)
@@ -168,7 +164,7 @@ def decide_bias_correction(
         age, pred: ``(N,)`` ages and predictions of the fitting set (validation subjects).
         min_n, min_slope, min_age_range: the refusal thresholds.
     """
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     age_range = float(np.ptp(age))
     nan = float("nan")
 
@@ -192,7 +188,7 @@ def decide_bias_correction(
 
 def regression_summary(age: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """MAE, RMSE, Pearson r, R², mean gap and Spearman ρ(gap, age) as a flat dict."""
-    age, pred = _pair(age, pred)
+    age, pred = check_pair(age, pred)
     gap = pred - age
     rho = stats.spearmanr(gap, age).statistic if age.size > 2 and np.ptp(age) > 0 else float("nan")
     return {
@@ -204,129 +200,6 @@ def regression_summary(age: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "mean_gap": float(gap.mean()),
         "spearman_gap_age": float(rho),
     }
-
-
-@dataclass(frozen=True)
-class BootstrapCI:
-    """A point estimate with a percentile bootstrap confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n_boot: int
-
-
-def _group_indices(groups: np.ndarray) -> list[np.ndarray]:
-    _, inverse = np.unique(groups, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-    return np.split(order, bounds)
-
-
-def _resample(members: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    draw = rng.integers(0, len(members), size=len(members))
-    return np.concatenate([members[i] for i in draw])
-
-
-def bootstrap_ci(
-    age: np.ndarray,
-    pred: np.ndarray,
-    *,
-    groups: np.ndarray | None = None,
-    statistic: Callable[[np.ndarray, np.ndarray], float] = mae,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> BootstrapCI:
-    """Percentile bootstrap CI of ``statistic(age, pred)``, resampling whole subjects.
-
-    Args:
-        age, pred: ``(N,)`` arrays.
-        groups: ``(N,)`` subject ids; rows of one subject are drawn together. ``None`` = each row its own subject.
-        statistic: function of ``(age, pred)``; defaults to :func:`mae`.
-        n_boot: number of bootstrap replicates.
-        level: confidence level.
-        seed: seed of the resampling generator.
-    """
-    age, pred = _pair(age, pred)
-    groups = np.arange(age.size) if groups is None else np.asarray(groups)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = _resample(members, rng)
-        values[b] = statistic(age[idx], pred[idx])
-    alpha = (1.0 - level) / 2.0
-    low, high = np.nanquantile(values, [alpha, 1.0 - alpha])
-    return BootstrapCI(float(statistic(age, pred)), float(low), float(high), n_boot)
-
-
-@dataclass(frozen=True)
-class CrossedBootstrap:
-    """Mean of a (seeds × scans) matrix with a CI from resampling seeds and subjects, and a two-sided p for 0."""
-
-    estimate: float
-    low: float
-    high: float
-    p_value: float
-    n_boot: int
-
-
-def crossed_bootstrap(
-    values: np.ndarray,
-    *,
-    groups: np.ndarray | None = None,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> CrossedBootstrap:
-    """Percentile CI of the mean of ``values`` when both its training seeds and its test subjects are random.
-
-    Each replicate draws the rows (training seeds) and, independently, the subjects (all scans of a drawn subject
-    together) with replacement, and takes the weighted mean of the matrix. The interval therefore holds the
-    seed-to-seed spread of the trained networks as well as the sampling of test subjects, which a bootstrap over
-    subjects of seed-averaged errors leaves out. For a paired comparison pass the per-seed, per-scan difference of
-    two arms whose seed ``k`` shares its split and initialisation; the same seed rows are drawn for both.
-
-    Args:
-        values: ``(S, N)`` one row per training seed, one column per scan (e.g. absolute errors or differences).
-        groups: ``(N,)`` subject ids of the columns; ``None`` = every scan its own subject.
-        n_boot: number of replicates; level: confidence level; seed: seed of the resampling generator.
-
-    Returns:
-        The mean, the CI and the two-sided bootstrap p value of "mean = 0" (twice the smaller tail mass of the
-        replicates around 0, at least ``1 / n_boot``). With one seed row it is a subject bootstrap.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or 0 in values.shape:
-        raise ValueError(f"values must be a non-empty (seeds, scans) matrix, got shape {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError("values holds NaN or infinite entries (a scan missing for one seed?)")
-    n_seeds, n_scans = values.shape
-    groups = np.arange(n_scans) if groups is None else np.asarray(groups)
-    if groups.shape != (n_scans,):
-        raise ValueError(f"groups has shape {groups.shape}, expected ({n_scans},)")
-    _, subject_of_scan = np.unique(groups, return_inverse=True)
-    n_subjects = int(subject_of_scan.max()) + 1
-    rng = np.random.default_rng(seed)
-    # Multiplicity of every seed row and every subject in each replicate; a scan weighs as much as its subject.
-    seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_boot)
-    subject_counts = rng.multinomial(n_subjects, np.full(n_subjects, 1.0 / n_subjects), size=n_boot)
-    scan_weights = subject_counts[:, subject_of_scan].astype(np.float64)
-    totals = (seed_counts @ values * scan_weights).sum(axis=1)
-    replicates = totals / (seed_counts.sum(axis=1) * scan_weights.sum(axis=1))
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    tail = min(np.mean(replicates <= 0), np.mean(replicates >= 0))
-    p_value = float(min(1.0, max(2.0 * tail, 1.0 / n_boot)))
-    return CrossedBootstrap(float(values.mean()), float(low), float(high), p_value, n_boot)
-
-
-def age_bin_labels(age: np.ndarray, width: float = 10.0, origin: float = 0.0) -> np.ndarray:
-    """Label each age with its bin ``"[lo, hi)"`` of the given width, e.g. ``"[40, 50)"``."""
-    age = np.asarray(age, dtype=np.float64)
-    lo = origin + np.floor((age - origin) / width) * width
-    return np.array([f"[{a:g}, {a + width:g})" for a in lo], dtype=object)
 
 
 def _mean(values: np.ndarray, _unused: np.ndarray) -> float:
@@ -357,12 +230,14 @@ def per_bin_table(
         One row per bin (``"all"`` first, then by age) with columns ``age_bin, n, mae_years, mae_low_years,
         mae_high_years, mean_gap_years``.
     """
+    from bap.resampling import bootstrap_ci
+
     age = np.asarray(age, dtype=np.float64)
     abs_error = np.asarray(abs_error, dtype=np.float64)
     gap = np.full_like(age, np.nan) if gap is None else np.asarray(gap, dtype=np.float64)
     groups = np.arange(age.size) if groups is None else np.asarray(groups)
     bins = age_bin_labels(age, bin_width)
-    labels = sorted(set(bins), key=lambda b: float(b[1:].split(",")[0]))
+    labels = sorted(set(bins), key=label_start)
     parts = [("all", np.ones(age.size, dtype=bool))] + [(label, bins == label) for label in labels]
     rows = []
     for label, mask in parts:
@@ -380,69 +255,3 @@ def per_bin_table(
             }
         )
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """Paired comparison of two models on the same test scans (``b`` minus ``a``)."""
-
-    mae_a: float
-    mae_b: float
-    diff: BootstrapCI
-    p_bootstrap: float
-    wilcoxon_stat: float
-    p_wilcoxon: float
-    n: int
-
-
-def paired_error_test(
-    err_a: np.ndarray,
-    err_b: np.ndarray,
-    *,
-    groups: np.ndarray | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> PairedTest:
-    """Paired bootstrap of ``mean(err_b) - mean(err_a)`` (subjects resampled jointly) and a Wilcoxon test.
-
-    Args:
-        err_a, err_b: ``(N,)`` absolute errors of two models on the same scans, in the same order.
-        groups: ``(N,)`` subject ids.
-
-    The bootstrap p value is two-sided: twice the smaller tail mass of the replicate differences around 0.
-    The Wilcoxon signed-rank test compares ``err_b`` and ``err_a`` scan by scan.
-    """
-    err_a, err_b = _pair(err_a, err_b)
-    groups = np.arange(err_a.size) if groups is None else np.asarray(groups)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = _resample(members, rng)
-        diffs[b] = err_b[idx].mean() - err_a[idx].mean()
-    low, high = np.quantile(diffs, [0.025, 0.975])
-    p_boot = float(min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
-    if np.allclose(err_a, err_b):
-        w_stat, p_w = float("nan"), 1.0
-    else:
-        res = stats.wilcoxon(err_b, err_a)
-        w_stat, p_w = float(res.statistic), float(res.pvalue)
-    diff = BootstrapCI(float(err_b.mean() - err_a.mean()), float(low), float(high), n_boot)
-    return PairedTest(float(err_a.mean()), float(err_b.mean()), diff, p_boot, w_stat, p_w, int(err_a.size))
-
-
-def paired_mae_test(
-    age: np.ndarray,
-    pred_a: np.ndarray,
-    pred_b: np.ndarray,
-    *,
-    groups: np.ndarray | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> PairedTest:
-    """:func:`paired_error_test` on ``|pred_a - age|`` and ``|pred_b - age|``."""
-    age, pred_a = _pair(age, pred_a)
-    _, pred_b = _pair(age, pred_b)
-    return paired_error_test(
-        np.abs(pred_a - age), np.abs(pred_b - age), groups=groups, n_boot=n_boot, seed=seed
-    )

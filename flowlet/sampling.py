@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "GeneratedBatch",
     "SamplingConfig",
+    "default_time_grid",
     "generate_wavelets",
     "initial_noise",
     "iter_generate",
@@ -46,6 +47,20 @@ __all__ = [
 ]
 
 _AUTOCAST = AUTOCAST_DTYPES  # one table of precision names, shared with the trainers
+
+
+def default_time_grid(solver: str) -> str:
+    """The time grid a solver runs on when none is named.
+
+    ``uniform`` for ``euler``, because the official sampler steps uniformly and Euler on that grid reproduces it;
+    ``cosine`` (shortest steps at both ends of the path) for the other solvers: on the trained demo model it gave
+    the smallest error per network call (``docs/benchmarks.md`` §4.2).
+
+    Example:
+        >>> default_time_grid("euler"), default_time_grid("midpoint")
+        ('uniform', 'cosine')
+    """
+    return "uniform" if solver == "euler" else "cosine"
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,8 @@ class SamplingConfig:
         guidance_scale: classifier-free guidance scale; 1 = none.
         ablation: conditioning mechanisms (``flowlet.guidance.ABLATIONS``).
         batch_size: samples per network call; peak memory grows linearly with it.
-        time_grid: registered time grid (``flowlet.solvers.TIME_GRIDS``); None (default) = ``uniform`` for
-            ``euler`` (the official sampler) and ``cosine`` for the other solvers.
+        time_grid: registered time grid (``flowlet.solvers.TIME_GRIDS``); None (default) =
+            :func:`default_time_grid` of the solver (``uniform`` for ``euler``, ``cosine`` for the others).
         clamp: clamp the decoded image to [-1, 1] (official) before export.
         device: torch device for the network.
         autocast_dtype: ``"bf16"`` / ``"fp16"`` for CUDA autocast of the network (state stays float32), or None.
@@ -79,7 +94,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.time_grid is None:
-            object.__setattr__(self, "time_grid", "uniform" if self.solver == "euler" else "cosine")
+            object.__setattr__(self, "time_grid", default_time_grid(self.solver))
         for field, value, registry in (
             ("solver", self.solver, SOLVERS),
             ("ablation", self.ablation, ABLATIONS),

@@ -131,6 +131,7 @@ def run_quality_check(
     )
     from flowlet.checkpoint import load_bundle
     from flowlet.data.cohort import load_cohort
+    from flowlet.data.nifti import voxel_volume_mm3
     from flowlet.export import decode_and_export
     from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
@@ -145,17 +146,16 @@ def run_quality_check(
     reference = reference_images(list(table["path"]), bundle.model_input_size, bundle.save_size)
     affine = np.asarray(bundle.affine)
     region = ventricle_region(bundle.save_size, affine)
-    meter = VentricleVolumeMeter(region, abs(float(np.linalg.det(affine[:3, :3])))).fit(reference)
+    meter = VentricleVolumeMeter(region, voxel_volume_mm3(affine)).fit(reference)
     report = quality_check(volumes, ages, seeds, reference, table["age"].to_numpy(), meter)
     return report, volumes, bundle
 
 
 def make_figures(report, volumes: np.ndarray, ages: list[float], docs: Path) -> list[Path]:
     """Mid-slice montage by age and ventricle volume versus age (PNG files in ``docs/figures``)."""
-    import matplotlib
+    from flowlet.data.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from flowlet.data.io import atomic_path
 
@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_cli()
     from flowlet.data.io import write_json_atomic
+    from flowlet.sampling import default_time_grid
 
     if args.ablate:
         run_ablations(args.work, args.ablate, args.docs)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(checkpoint),
         "solver": args.solver,
         "steps": args.steps,
-        "time_grid": "uniform" if args.solver == "euler" else "cosine",
+        "time_grid": default_time_grid(args.solver),
         "guidance_scale": args.guidance,
         "seeds_per_age": args.seeds,
         "train_step": bundle.provenance.get("step"),

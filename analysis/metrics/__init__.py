@@ -10,7 +10,7 @@ from analysis.metrics.image import (
     handcrafted_features,
     ms_ssim,
     ms_ssim_diversity,
-    robust_normalise,
+    percentile_to_unit,
     standardise_features,
 )
 from analysis.metrics.privacy import PrivacyAudit, memorisation_audit, nearest_neighbours
@@ -33,7 +33,7 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_diversity",
     "nearest_neighbours",
-    "robust_normalise",
+    "percentile_to_unit",
     "roi_pair_metrics",
     "standardise_features",
     "summarise_roi",

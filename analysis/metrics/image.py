@@ -18,7 +18,7 @@ __all__ = [
     "handcrafted_features",
     "ms_ssim",
     "ms_ssim_diversity",
-    "robust_normalise",
+    "percentile_to_unit",
     "standardise_features",
 ]
 
@@ -27,10 +27,13 @@ _PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 _BLOCKS = 4
 
 
-def robust_normalise(
+def percentile_to_unit(
     volume: np.ndarray, mask: np.ndarray | None = None, percentiles: tuple[float, float] = (0.5, 99.5)
 ) -> np.ndarray:
     """Map intensities to [0, 1] by clipping to percentiles of the foreground (``mask``, default non-zero voxels).
+
+    The scale the image metrics compare on, computed in float64. The generator's input normalisation is another
+    map, :func:`flowlet.data.preprocessing.robust_normalize` (to [-1, 1], float32, percentiles of the whole volume).
 
     Args:
         volume: ``(X, Y, Z)`` image.
@@ -137,7 +140,7 @@ def ms_ssim_diversity(
     if len(pairs) > max_pairs:
         pick = np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False)
         pairs = [pairs[k] for k in np.sort(pick)]
-    norm = [robust_normalise(im) for im in images]
+    norm = [percentile_to_unit(im) for im in images]
     values = np.array([ms_ssim(norm[i], norm[j], data_range=1.0, **kwargs) for i, j in pairs])
     return {
         "ms_ssim_mean": float(values.mean()),
@@ -177,7 +180,7 @@ FEATURE_NAMES: tuple[str, ...] = tuple(_feature_names())
 def handcrafted_features(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """A fixed, training-free feature vector of one 3D image (radiomics-like), for set-level distances.
 
-    The image is first mapped to [0, 1] by :func:`robust_normalise`. Features, computed in the foreground
+    The image is first mapped to [0, 1] by :func:`percentile_to_unit`. Features, computed in the foreground
     (``mask``, default non-zero voxels):
 
     * intensity percentiles 5–95, mean, sd, skewness, kurtosis and the entropy of a 32-bin histogram (contrast);
@@ -197,7 +200,7 @@ def handcrafted_features(volume: np.ndarray, mask: np.ndarray | None = None) -> 
     m = (v != 0) if mask is None else np.asarray(mask, bool)
     if not m.any():
         m = np.ones(v.shape, bool)
-    x = robust_normalise(v, m)
+    x = percentile_to_unit(v, m)
     inside = x[m]
     hist = np.histogram(inside, bins=32, range=(0.0, 1.0))[0].astype(np.float64)
     hist = hist[hist > 0] / hist.sum()

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.metrics.distances import DEFAULT_AGE_BINS
+from flowlet.data.bins import label_ages
 
 __all__ = ["PrivacyAudit", "memorisation_audit", "nearest_neighbours"]
 
@@ -99,7 +100,8 @@ def memorisation_audit(
         synthetic_ids: ``N`` identifiers; synthetic_ages: ``N`` generation ages (years).
         train_ids: ``M`` identifiers; holdout_ids: ``K`` identifiers.
         quantile: baseline quantile used as the flag threshold.
-        age_bins: bin edges (years) of the per-bin flag rates.
+        age_bins: bin edges (years) of the per-bin flag rates (:func:`flowlet.data.bins.label_ages`; an age outside
+            them is counted in the bin ``"outside"``).
 
     Returns:
         :class:`PrivacyAudit`.
@@ -130,7 +132,8 @@ def memorisation_audit(
         }
     )
     per_image["flagged"] = per_image["nn_correlation"] > threshold
-    per_image["age_bin"] = pd.cut(per_image["age"], np.asarray(age_bins, np.float64), right=False).astype(str)
+    labels = label_ages(per_image["age"].to_numpy(), age_bins)
+    per_image["age_bin"] = np.where(pd.isna(labels), "outside", labels)
     by_bin = (
         per_image.groupby("age_bin", sort=False)
         .agg(

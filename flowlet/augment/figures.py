@@ -12,10 +12,9 @@ from flowlet.data.io import atomic_path
 
 def plot_histograms(plan: AugmentationPlan, path: str | Path) -> Path:
     """Write a PNG with the real, synthetic and combined counts per bin and the target level."""
-    import matplotlib
+    from flowlet.data.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     table = plan.table
     x = np.arange(len(table))

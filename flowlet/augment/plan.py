@@ -17,13 +17,14 @@ water-filled, so every bin holds at least m brains in total.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from flowlet.data.bins import check_edges, edge_labels, histogram, width_edges
 
 __all__ = [
     "AugmentationPlan",
@@ -32,7 +33,6 @@ __all__ = [
     "allocate",
     "draw_ages",
     "gaussian_proportions",
-    "histogram",
     "make_plan",
 ]
 
@@ -75,27 +75,17 @@ def age_bins(
         PlanError: edges not strictly increasing, fewer than two, or a non-positive width.
     """
     if edges is not None:
-        result = np.asarray(edges, dtype=np.float64)
-        if result.ndim != 1 or result.size < 2 or not np.all(np.diff(result) > 0):
-            raise PlanError(f"--bins: expected at least two strictly increasing edges, got {list(edges)}")
-        return result
+        try:
+            return check_edges(edges)
+        except ValueError:
+            raise PlanError(
+                f"--bins: expected at least two strictly increasing edges, got {list(edges)}"
+            ) from None
     if bin_width is None or not bin_width > 0:
         raise PlanError(f"--bin-width: expected a positive number of years, got {bin_width}")
-    ages = np.asarray(ages, dtype=np.float64)
-    if ages.size == 0:
+    if len(ages) == 0:
         raise PlanError("cannot build age bins for an empty cohort")
-    low = math.floor(ages.min() / bin_width) * bin_width
-    high = math.floor(ages.max() / bin_width) * bin_width + bin_width
-    return np.arange(low, high + bin_width / 2, bin_width)
-
-
-def histogram(ages: Sequence[float], edges: np.ndarray) -> np.ndarray:
-    """Counts per bin; bins are ``[start, end)`` except the last, which includes its end."""
-    ages = np.asarray(ages, dtype=np.float64)
-    index = np.searchsorted(edges, ages, side="right") - 1
-    index[ages == edges[-1]] = len(edges) - 2
-    inside = (index >= 0) & (index < len(edges) - 1)
-    return np.bincount(index[inside], minlength=len(edges) - 1).astype(np.int64)
+    return width_edges(ages, bin_width)
 
 
 def gaussian_proportions(edges: np.ndarray, mean: float, sd: float) -> np.ndarray:
@@ -208,7 +198,7 @@ def make_plan(
     synthetic = allocate(real, p, budget, reserved=reserved)
     table = pd.DataFrame(
         {
-            "bin": [f"{a:g}-{b:g}" for a, b in itertools.pairwise(edges)],
+            "bin": edge_labels(edges),
             "bin_start": edges[:-1],
             "bin_end": edges[1:],
             "real_count": real,

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowlet.augment.plan import PlanError, gaussian_proportions, histogram
+from flowlet.augment.plan import PlanError, gaussian_proportions
+from flowlet.data.bins import histogram
 from flowlet.data.cohort_sources import MAX_AGE_YEARS
 
 __all__ = ["AGE_COLUMNS", "TargetHistogram", "parse_target", "read_ages"]

@@ -1,7 +1,8 @@
 """Typed configuration sections: build a frozen dataclass from a YAML mapping, checking every key and type.
 
 One checker for every package's configs (``bap``, ``analysis``, the study), so that a wrong type always gives the
-same kind of message: the dotted key, what was expected, and what was found.
+same kind of message: the dotted key, what was expected, and what was found; and one serialiser,
+:func:`to_plain`, for the resolved config written next to every artifact.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConfigTypeError", "build_section", "convert_value"]
+__all__ = ["ConfigTypeError", "build_section", "convert_value", "to_plain"]
 
 
 class ConfigTypeError(ValueError):
@@ -80,3 +82,26 @@ def build_section(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigTypeError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
     return cls(**{k: convert_value(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def to_plain(value: Any) -> Any:
+    """A config dataclass (or any value inside one) as plain nested dicts and lists, ready for YAML, JSON or
+    ``torch.save(..., weights_only=True)``.
+
+    Dataclasses become dicts in field order, mappings stay mappings (keys kept as they are, so that YAML reads the
+    same keys back), tuples and lists become lists; other values are returned unchanged.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Section:
+        ...     sizes: tuple[int, ...] = (1, 2)
+        >>> to_plain(Section())
+        {'sizes': [1, 2]}
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from flowlet.data.nifti import Volume, validate_affine
+from flowlet.data.nifti import Volume, validate_affine, voxel_volume_mm3
 
 __all__ = ["MNI_2MM_AFFINE", "Grid", "mni_grid", "resample_to_grid", "same_grid"]
 
@@ -64,7 +64,7 @@ class Grid:
     @property
     def voxel_volume_mm3(self) -> float:
         """Volume of one voxel in mm³ (``|det(affine[:3, :3])|``)."""
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        return voxel_volume_mm3(self.affine)
 
     @property
     def voxel_sizes(self) -> tuple[float, float, float]:

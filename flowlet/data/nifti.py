@@ -33,6 +33,7 @@ __all__ = [
     "max_voxels",
     "save_volume",
     "validate_affine",
+    "voxel_volume_mm3",
 ]
 
 #: Default voxel budget of one image (512³ = 134 million voxels, 512 MiB as float32); ``FLOWLET_MAX_VOXELS``
@@ -65,7 +66,20 @@ class Volume:
     @property
     def voxel_volume_mm3(self) -> float:
         """Volume of one voxel in mm³ (``|det(affine[:3, :3])|``)."""
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
+        return voxel_volume_mm3(self.affine)
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """Volume in mm³ of one voxel of a voxel-to-world ``(4, 4)`` affine: ``|det(affine[:3, :3])|``.
+
+    Exact for oblique and sheared grids, where the product of the voxel edge lengths is not. For a world-to-world
+    transform the same number is its volume scale (the Jacobian of an affine map is constant).
+
+    Example:
+        >>> round(voxel_volume_mm3(np.diag([2.0, 3.0, 4.0, 1.0])), 9)
+        24.0
+    """
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
 def validate_affine(affine: np.ndarray, *, source: str = "affine") -> np.ndarray:

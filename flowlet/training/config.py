@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from flowlet.data.config import to_plain
 from flowlet.models.config import UNetConfig
 
 __all__ = [
@@ -409,14 +410,4 @@ def load_train_config(path: str | os.PathLike, overrides: Sequence[str] = ()) ->
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain YAML/JSON-able nested dict (tuples become lists) of a config dataclass."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-
-    return plain(cfg)
+    return to_plain(cfg)

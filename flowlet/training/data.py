@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from flowlet.data import keys
+from flowlet.data.bins import bin_counts, bin_label, inverse_frequency_weights
 from flowlet.data.cohort import Cohort, read_image
 from flowlet.data.io import atomic_path
 from flowlet.data.preprocessing import centre_pad, robust_normalize
@@ -287,12 +288,11 @@ def age_balanced_weights(ages: Sequence[float] | np.ndarray, bin_width: float) -
         raise ValueError("age-balanced sampling needs a finite age for every training scan")
     if not bin_width > 0:
         raise ValueError(f"data.age_balance_bin_width must be > 0, got {bin_width}")
-    index = np.floor(ages / bin_width).astype(np.int64)
-    bins, inverse, counts = np.unique(index, return_inverse=True, return_counts=True)
-    weights = 1.0 / (len(bins) * counts[inverse])
+    bins, counts = np.unique(bin_counts(ages, bin_width)[0], return_counts=True)
+    weights = inverse_frequency_weights(ages, bin_width, total=1.0)
     table = pd.DataFrame(
         {
-            "bin": [f"{b * bin_width:g}-{(b + 1) * bin_width:g}" for b in bins],
+            "bin": [bin_label(b * bin_width, (b + 1) * bin_width) for b in bins],
             "age_min": bins * bin_width,
             "age_max": (bins + 1) * bin_width,
             "n_scans": counts,

@@ -6,14 +6,13 @@ Sections: ``cohort`` (phantoms or a path), ``test`` (optional external test coho
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flowlet.data.config import ConfigTypeError, build_section
+from flowlet.data.config import ConfigTypeError, build_section, to_plain
 
 __all__ = ["StudyConfig", "StudyConfigError", "load_study_config", "study_config_from_dict"]
 
@@ -161,15 +160,7 @@ class StudyConfig:
     report: ReportSection = field(default_factory=ReportSection)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return to_plain(self)
 
 
 def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> StudyConfig:

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from flowlet.data import keys
+from flowlet.data.bins import width_edges
+from flowlet.data.figures import pyplot
 
 __all__ = ["montage", "split_histogram"]
 
@@ -21,20 +23,9 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def split_histogram(split: pd.DataFrame, bin_width: float) -> bytes:
-    plt = _pyplot()
-    edges = np.arange(
-        np.floor(split[keys.AGE].min() / bin_width) * bin_width, split[keys.AGE].max() + bin_width, bin_width
-    )
+    plt = pyplot()
+    edges = width_edges(split[keys.AGE].to_numpy(float), bin_width)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     groups = [split.loc[split[keys.SPLIT] == s, keys.AGE] for s in ("train", "val", "test")]
     ax.hist(
@@ -56,7 +47,7 @@ def montage(real: pd.DataFrame, synthetic: pd.DataFrame, ages: list[float]) -> b
     """Mid-sagittal and axial slices of the real and synthetic brains closest to each age."""
     from flowlet.data.cohort import read_image
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2 * len(ages), figsize=(2.2 * 2 * len(ages), 4.8))
     for col, age in enumerate(ages):
         for row, (name, table) in enumerate((("real", real), ("synthetic", synthetic))):

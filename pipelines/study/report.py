@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet.data import keys
+from flowlet.data.bins import age_bin_labels
 from flowlet.data.io import write_table_atomic, write_text_atomic
 from pipelines.study import report_sections as sections
 from pipelines.study.config import StudyConfig
@@ -49,9 +50,7 @@ SPARSE_RULE = (
 
 
 def sparse_bins(split: pd.DataFrame, bin_width: float, *, min_test: int = 2) -> list[str]:
-    """The sparse bins of :data:`SPARSE_RULE`, in age order, labelled like ``bap.metrics.age_bin_labels``."""
-    from bap.metrics import age_bin_labels
-
+    """The sparse bins of :data:`SPARSE_RULE`, in age order, labelled by :func:`flowlet.data.bins.age_bin_labels`."""
     train_ages = split.loc[split[keys.SPLIT] == "train", keys.AGE].to_numpy(float)
     test_ages = split.loc[split[keys.SPLIT] == "test", keys.AGE].to_numpy(float)
     if train_ages.size == 0:
@@ -69,7 +68,6 @@ def sparse_statistics(
 ):
     """Every arm on the test scans of the sparse bins pooled (one test per arm, no multiplicity across bins)."""
     from bap.compare import arm_statistics
-    from bap.metrics import age_bin_labels
 
     if not sparse:
         return None

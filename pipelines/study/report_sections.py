@@ -109,7 +109,7 @@ def arms_section(
     reference: pd.DataFrame | None,
 ) -> None:
     """The brain-age arms compared: per-bin MAE figure (saved to ``figure_path``), overall and per-bin tables."""
-    from bap.compare import plot_bins
+    from bap.figures import plot_bins
 
     report.heading("Brain-age prediction: the arms compared")
     figure = plot_bins(

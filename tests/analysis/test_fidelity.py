@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.fidelity import age_bins, age_gap_by_bin, binned_differences, slope_ratios, structure_table
+from analysis.fidelity import age_gap_by_bin, binned_differences, slope_ratios, structure_table
 from analysis.fidelity_report import Bars, evaluate_fidelity
 from analysis.metrics.texture import median_residual_noise
+from flowlet.data.bins import label_ages
 
 EDGES = [10, 30, 50, 70, 90]
 
@@ -41,7 +42,7 @@ def test_slope_ratio_and_binned_difference_recover_planted_effects():
     assert row.slope_ratio == pytest.approx(0.5, abs=0.03)
     assert row.ci_low < 0.5 < row.ci_high and row.ci_high - row.ci_low < 0.1
     by_bin = binned_differences(real, synthetic, EDGES, n_boot=500).set_index("bin")
-    centres = {"10-30": 20.0, "30-50": 40.0, "50-70": 60.0, "70-90": 80.0}
+    centres = {"[10, 30)": 20.0, "[30, 50)": 40.0, "[50, 70)": 60.0, "[70, 90]": 80.0}
     # real = 10000 + 100·(age − 50), synthetic = 10000 + 50·(age − 50): the difference in % of real at the centre
     expected = {k: 100 * (-50 * (c - 50)) / (10000 + 100 * (c - 50)) for k, c in centres.items()}
     for label, value in expected.items():
@@ -57,8 +58,8 @@ def test_age_gap_noise_ratio_and_bars():
         {"age": ages, "pred": ages + np.where(ages > 60, 8.0, 1.0) + rng.normal(0, 1, 100)}
     )
     gap = age_gap_by_bin(predictions, EDGES, n_boot=500).set_index("bin")
-    assert gap.loc["70-90", "mean_gap"] == pytest.approx(8.0, abs=0.5)
-    assert gap.loc["10-30", "ci_low"] < 1.0 < gap.loc["10-30", "ci_high"]
+    assert gap.loc["[70, 90]", "mean_gap"] == pytest.approx(8.0, abs=0.5)
+    assert gap.loc["[10, 30)", "ci_low"] < 1.0 < gap.loc["[10, 30)", "ci_high"]
     real = _structure_frame(ages, 1000 + 10 * ages)
     images_real = pd.DataFrame({"age": ages, "noise": 0.02 + rng.normal(0, 0.001, 100)})
     images_syn = pd.DataFrame({"age": ages, "noise": 0.05 + rng.normal(0, 0.001, 100)})
@@ -70,7 +71,7 @@ def test_age_gap_noise_ratio_and_bars():
     assert bool(bars.loc["lateral_ventricles slope ratio", "met"])
     assert bool(bars.loc["lateral_ventricles volume % difference per bin", "met"])
     assert not bool(bars.loc["brain-age gap per bin (years)", "met"])
-    assert bars.loc["brain-age gap per bin (years)", "worst_bin"] == "70-90"
+    assert bars.loc["brain-age gap per bin (years)", "worst_bin"] == "[70, 90]"
     assert not bool(bars.loc["texture noise ratio", "met"])
     assert report.noise.set_index("bin").loc["all", "ratio"] == pytest.approx(2.5, abs=0.1)
     assert Bars().max_noise_ratio == 1.5
@@ -85,8 +86,8 @@ def test_structure_table_names_missing_region():
 
 
 def test_age_bins_edges():
-    labels = age_bins([5, 10, 29.9, 30, 90, 95], [10, 30, 90]).tolist()
-    assert labels == [None, "10-30", "10-30", "30-90", "30-90", None]
+    labels = label_ages([5, 10, 29.9, 30, 90, 95], [10, 30, 90]).tolist()
+    assert labels == [None, "[10, 30)", "[10, 30)", "[30, 90]", "[30, 90]", None]
 
 
 def test_texture_noise_flags_salt_and_pepper(phantom_arrays):

@@ -105,5 +105,5 @@ def test_memorisation_audit_flags_copies_only():
     assert flagged.iloc[:8].mean() <= 0.25
     assert audit.per_image["nearest_train_id"].iloc[8:].tolist() == [f"t{i}" for i in range(8)]
     rates = audit.by_age_bin.set_index("age_bin")["flag_rate"]
-    assert rates["[70.0, 80.0)"] == 1.0
-    assert rates["[30.0, 40.0)"] <= 0.25
+    assert rates["[70, 80)"] == 1.0
+    assert rates["[30, 40)"] <= 0.25

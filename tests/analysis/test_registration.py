@@ -65,3 +65,14 @@ def test_eval_config_round_trip_and_errors():
         EvalConfig.from_dict({"quality": {"alfa": 0.1}})
     with pytest.raises(ValueError, match="increase"):
         EvalConfig.from_dict({"age_bins": [0, 50, 40]})
+
+
+def test_eval_config_is_checked_like_every_other_config():
+    cfg = EvalConfig.from_dict({"voxel_size": 4, "age_bins": [0, 50, 120]}, source="eval.yaml")
+    assert isinstance(cfg.voxel_size, float) and cfg.age_bins == (0.0, 50.0, 120.0)
+    with pytest.raises(ValueError, match=r"eval\.yaml\.segmentation\.n_iter: expected an integer"):
+        EvalConfig.from_dict({"segmentation": {"n_iter": "many"}}, source="eval.yaml")
+    with pytest.raises(ValueError, match=r"eval\.yaml\.key_regions\[0\]: expected 2 values"):
+        EvalConfig.from_dict({"key_regions": [["hippocampus", "gm", "left"]]}, source="eval.yaml")
+    with pytest.raises(ValueError, match=r"eval\.yaml\.quality: expected a mapping"):
+        EvalConfig.from_dict({"quality": [0.05]}, source="eval.yaml")

@@ -11,9 +11,9 @@ from flowlet.augment.plan import (
     allocate,
     draw_ages,
     gaussian_proportions,
-    histogram,
     make_plan,
 )
+from flowlet.data.bins import histogram
 
 
 @pytest.fixture

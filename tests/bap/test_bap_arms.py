@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bap.arms import Arm, inverse_frequency_weights, parse_arms, ratios_to_arms
+from bap.arms import Arm, parse_arms, ratios_to_arms
 from bap.compare import arm_statistics, holm, paired_errors
 from bap.data import AgeDataset
 from bap.train import AgeObjective, WeightedEpochSampler
+from flowlet.data.bins import inverse_frequency_weights
 from pipelines import bap_train
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bap import metrics
+from bap import metrics, resampling
 
 
 def test_point_metrics_by_hand():
@@ -60,10 +60,10 @@ def test_bootstrap_ci_covers_estimate_and_resamples_whole_subjects():
     pred = np.array([1.0, 1.0, 1.0, 5.0, 5.0, 5.0])
     # Two subjects with three sessions each: every replicate draws sessions by subject, so the replicate
     # MAE can only be 1, 3 or 5.
-    ci = metrics.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
+    ci = resampling.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
     assert ci.estimate == pytest.approx(3.0)
     assert ci.low == pytest.approx(1.0) and ci.high == pytest.approx(5.0)
-    again = metrics.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
+    again = resampling.bootstrap_ci(age, pred, groups=np.array(["a"] * 3 + ["b"] * 3), n_boot=300, seed=1)
     assert again == ci
 
 
@@ -84,11 +84,11 @@ def test_paired_test_detects_a_real_difference_and_not_a_null_one():
     age = rng.uniform(20, 80, size=200)
     pred_a = age + rng.normal(0, 5, size=age.size)
     pred_b = age + 0.5 * (pred_a - age)  # b halves every error of a
-    res = metrics.paired_mae_test(age, pred_a, pred_b, n_boot=500)
+    res = resampling.paired_mae_test(age, pred_a, pred_b, n_boot=500)
     assert res.diff.estimate == pytest.approx(-0.5 * res.mae_a)
     assert res.diff.high < 0
     assert res.p_bootstrap < 0.01 and res.p_wilcoxon < 1e-6
-    same = metrics.paired_mae_test(age, pred_a, pred_a.copy(), n_boot=200)
+    same = resampling.paired_mae_test(age, pred_a, pred_a.copy(), n_boot=200)
     assert same.diff.estimate == 0.0 and same.p_wilcoxon == 1.0
 
 
@@ -98,8 +98,8 @@ def test_crossed_bootstrap_holds_the_seed_spread_that_a_subject_bootstrap_misses
     # Every seed shifts all scans together: the seed-averaged errors hide that spread.
     seed_shift = np.array([-3.0, -1.0, 1.0, 3.0])
     values = seed_shift[:, None] + scans[None, :]
-    crossed = metrics.crossed_bootstrap(values, n_boot=2000, seed=1)
-    subject_only = metrics.bootstrap_ci(
+    crossed = resampling.crossed_bootstrap(values, n_boot=2000, seed=1)
+    subject_only = resampling.bootstrap_ci(
         values.mean(axis=0), values.mean(axis=0), statistic=lambda a, _b: float(a.mean()), n_boot=2000, seed=1
     )
     assert crossed.estimate == pytest.approx(values.mean())
@@ -111,16 +111,16 @@ def test_crossed_bootstrap_holds_the_seed_spread_that_a_subject_bootstrap_misses
 def test_crossed_bootstrap_with_one_seed_is_a_subject_bootstrap_and_draws_subjects_whole():
     rng = np.random.default_rng(2)
     err = rng.normal(2.0, 1.0, size=40)
-    one = metrics.crossed_bootstrap(err[None, :], n_boot=4000, seed=3)
-    ref = metrics.bootstrap_ci(err, err, statistic=lambda a, _b: float(a.mean()), n_boot=4000, seed=3)
+    one = resampling.crossed_bootstrap(err[None, :], n_boot=4000, seed=3)
+    ref = resampling.bootstrap_ci(err, err, statistic=lambda a, _b: float(a.mean()), n_boot=4000, seed=3)
     assert one.low == pytest.approx(ref.low, abs=0.05) and one.high == pytest.approx(ref.high, abs=0.05)
     assert one.p_value == pytest.approx(1.0 / 4000)  # every replicate is above 0
     # Two scans of each subject, equal values: the same spread as one scan per subject, not a narrower one.
-    doubled = metrics.crossed_bootstrap(
+    doubled = resampling.crossed_bootstrap(
         np.repeat(err, 2)[None, :], groups=np.repeat(np.arange(40), 2), n_boot=4000, seed=3
     )
     assert doubled.high - doubled.low == pytest.approx(one.high - one.low, rel=0.1)
-    as_if_independent = metrics.crossed_bootstrap(np.repeat(err, 2)[None, :], n_boot=4000, seed=3)
+    as_if_independent = resampling.crossed_bootstrap(np.repeat(err, 2)[None, :], n_boot=4000, seed=3)
     assert as_if_independent.high - as_if_independent.low < 0.85 * (one.high - one.low)
 
 
@@ -130,7 +130,7 @@ def test_crossed_bootstrap_covers_the_true_mean_of_a_seed_by_subject_design():
     for _ in range(200):
         values = rng.normal(0.0, 1.0, size=(6, 1)) + rng.normal(0.0, 1.0, size=(1, 50))
         values += rng.normal(0.0, 0.5, size=values.shape)
-        result = metrics.crossed_bootstrap(values, n_boot=400, seed=int(rng.integers(1 << 30)))
+        result = resampling.crossed_bootstrap(values, n_boot=400, seed=int(rng.integers(1 << 30)))
         hits += result.low <= 0.0 <= result.high
     # 95 % nominal; resampling both factors is known to over-cover slightly, and must not under-cover much.
     assert 0.88 <= hits / 200 <= 1.0
@@ -138,8 +138,8 @@ def test_crossed_bootstrap_covers_the_true_mean_of_a_seed_by_subject_design():
 
 def test_crossed_bootstrap_refuses_holes_and_mismatched_groups():
     with pytest.raises(ValueError, match="NaN"):
-        metrics.crossed_bootstrap(np.array([[1.0, np.nan]]))
+        resampling.crossed_bootstrap(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="groups has shape"):
-        metrics.crossed_bootstrap(np.ones((2, 3)), groups=np.arange(2))
+        resampling.crossed_bootstrap(np.ones((2, 3)), groups=np.arange(2))
     with pytest.raises(ValueError, match="non-empty"):
-        metrics.crossed_bootstrap(np.ones(3))
+        resampling.crossed_bootstrap(np.ones(3))

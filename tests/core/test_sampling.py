@@ -20,13 +20,14 @@ from flowlet.models.config import UNetConfig
 from flowlet.models.unet import ConditionalUNet
 from flowlet.sampling import (
     SamplingConfig,
+    default_time_grid,
     generate_wavelets,
     initial_noise,
     normalize_conditions,
     sample_seed,
     sample_seeds,
 )
-from flowlet.solvers import get_solver, uniform_grid
+from flowlet.solvers import SOLVERS, get_solver, uniform_grid
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 RANGES = {"Age": {"min": 5.9, "max": 95.46}}
@@ -298,3 +299,11 @@ def test_batch_size_argument():
     for bad in ("0", "-2", "many"):
         with pytest.raises(argparse.ArgumentTypeError, match="positive integer or 'auto'"):
             batch_size_arg(bad)
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_the_default_time_grid_is_uniform_for_euler_and_cosine_otherwise(solver):
+    expected = "uniform" if solver == "euler" else "cosine"
+    assert default_time_grid(solver) == expected
+    assert SamplingConfig(solver=solver).time_grid == expected
+    assert SamplingConfig(solver=solver, time_grid="shifted").time_grid == "shifted"

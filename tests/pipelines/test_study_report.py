@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
+from pipelines.study.reference import ridge_on_true_volumes, volumes_path
 from pipelines.study.report import fidelity_sentences
 
 
@@ -90,3 +94,40 @@ def test_conclusion_ranks_the_arms_and_says_no_detectable_effect():
         bins[bins.arm != "oversample"].assign(verdict="no detectable effect"), [], None, None
     )
     assert "no detectable effect" in none[1] and "No age bin" in none[0]
+
+
+def _scans_with_volumes(folder, n: int = 24) -> pd.DataFrame:
+    """Scans whose true volumes shrink linearly with age (plus a little noise): ridge recovers the age."""
+    rng = np.random.default_rng(0)
+    ages = np.linspace(20, 80, n)
+    rows = []
+    for i, age in enumerate(ages):
+        image = folder / f"sub-{i:03d}" / "anat" / f"sub-{i:03d}_T1w.nii.gz"
+        image.parent.mkdir(parents=True)
+        volumes = pd.DataFrame(
+            {
+                "region": ["hippocampus", "ventricles", "cortex"],
+                "tissue": ["gm", "csf", "gm"],
+                "volume_mm3": np.array([4000 - 10 * age, 1000 + 40 * age, 5e5 - 900 * age])
+                + rng.normal(0, 5, 3),
+            }
+        )
+        volumes.to_csv(volumes_path(image), sep="\t", index=False)
+        split = "test" if i % 4 == 1 else ("val" if i % 4 == 3 else "train")
+        rows.append(
+            {"subject_id": f"{i:03d}", "session_id": "n/a", "age": age, "split": split, "path": str(image)}
+        )
+    return pd.DataFrame(rows)
+
+
+def test_ridge_reference_predicts_each_test_scan_from_its_own_volumes(tmp_path):
+    scans = _scans_with_volumes(tmp_path)
+    pred = ridge_on_true_volumes(scans)
+    test = scans[scans["split"] == "test"]
+    assert (
+        pred[["subject_id", "session_id"]].values.tolist()
+        == test[["subject_id", "session_id"]].values.tolist()
+    )
+    np.testing.assert_allclose(pred["pred"], test["age"], atol=1.0)
+    Path(volumes_path(test["path"].iloc[0])).unlink()
+    assert ridge_on_true_volumes(scans) is None

@@ -16,13 +16,13 @@ AGES = np.concatenate([np.full(60, 24.0), np.full(25, 45.0), np.full(10, 63.0), 
 def test_weights_give_every_bin_the_same_share():
     balance = age_balanced_weights(AGES, 10.0)
     table = balance.table.set_index("bin")
-    assert list(table.index) == ["20-30", "40-50", "60-70", "80-90"]
+    assert list(table.index) == ["[20, 30)", "[40, 50)", "[60, 70)", "[80, 90)"]
     assert table["n_scans"].tolist() == [60, 25, 10, 5]
     assert balance.weights.sum() == pytest.approx(1.0)
     per_bin = pd.Series(balance.weights).groupby(np.floor(AGES / 10)).sum()
     assert np.allclose(per_bin.to_numpy(), 0.25)
-    assert table.loc["80-90", "draws_per_scan"] == pytest.approx(100 / 4 / 5)
-    assert table.loc["20-30", "natural_probability"] == pytest.approx(0.6)
+    assert table.loc["[80, 90)", "draws_per_scan"] == pytest.approx(100 / 4 / 5)
+    assert table.loc["[20, 30)", "natural_probability"] == pytest.approx(0.6)
 
 
 def test_sampler_draws_bins_at_the_configured_rates():

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from flowlet.data.figures import pyplot
 from flowlet.data.io import atomic_path
 
 __all__ = ["write_contact_sheet", "write_scan_montage"]
 
 _COLUMNS = 6
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _slices(data: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
@@ -40,7 +32,7 @@ def write_scan_montage(path: Path, head: np.ndarray, mask: np.ndarray, title: st
         title: label printed above the slices (subject, QC verdict).
         failed: draw the outline and title in red.
     """
-    plt = _pyplot()
+    plt = pyplot()
     head = np.asarray(head, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     centre = (
@@ -69,7 +61,7 @@ def write_contact_sheet(path: Path, montages: Sequence[Path], titles: Sequence[s
     """All per-scan montages on one page (six per row), for a first look at a whole run; None when empty."""
     if not montages:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     rows = -(-len(montages) // _COLUMNS)
     fig, axes = plt.subplots(rows, _COLUMNS, figsize=(3.2 * _COLUMNS, 1.3 * rows), squeeze=False)
     for ax in axes.ravel():

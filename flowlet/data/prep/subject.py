@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from flowlet.data.grid import Grid, mni_grid, resample_array, same_grid
 from flowlet.data.io import sha256_file, write_json_atomic
-from flowlet.data.nifti import NiftiError, load_volume, save_volume
+from flowlet.data.nifti import NiftiError, load_volume, save_volume, voxel_volume_mm3
 from flowlet.data.prep import ants_backend
 from flowlet.data.prep.measures import (
     QcLimits,
@@ -335,7 +335,7 @@ def scan_measures(
     to_grid = np.linalg.inv(transform) @ affine
     rough_on_grid = resample_array(rough.astype(np.float32), to_grid, config.grid) > 0.5
     scales = scale_factors(transform)
-    det = float(abs(np.linalg.det(np.asarray(transform)[:3, :3])))
+    det = voxel_volume_mm3(transform)  # the volume scale of the template-to-subject map
     voxel_mm3 = config.grid.voxel_volume_mm3
     band = ndimage.binary_dilation(prior, iterations=2)
     return {
@@ -402,7 +402,7 @@ def _transform_record(transform: np.ndarray, job: ScanJob, config: PrepConfig) -
         "Source": job.source.name,
         "matrix": np.round(transform, 10).tolist(),
         # Native volume = template-space volume × this (the Jacobian of an affine is constant).
-        "determinant": float(abs(np.linalg.det(np.asarray(transform)[:3, :3]))),
+        "determinant": voxel_volume_mm3(transform),
         "inverse": np.round(np.linalg.inv(transform), 10).tolist(),
     }
 
