@@ -287,6 +287,16 @@ def shard_from_environment(env: Mapping[str, str] = os.environ) -> str:
     return "0/1"
 
 
+def _flag_errors(function, *args, **kwargs):
+    """Call ``function``; a planning error names the command's flags instead of the library's parameters."""
+    from flowlet.augment.plan import PlanError, with_flags
+
+    try:
+        return function(*args, **kwargs)
+    except PlanError as err:
+        raise PlanError(with_flags(str(err))) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from flowlet.data.cohort import load_cohort
 
@@ -328,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     check_outside_inputs(args.out, inputs)  # before reading anything, and for --dry-run too
     ages = load_cohort(args.real).ages
-    plan = plan_augmentation(ages, options)
+    plan = _flag_errors(plan_augmentation, ages, options)
     print(plan.table.to_string(index=False))
     print(f"synthetic brains: {plan.budget}; combined max/min bin ratio: {plan.max_min_ratio():.3f}")
     if args.dry_run:
@@ -342,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
         legacy=_is_augmentation,
     ) as folder:
         # Replacing earlier brains deletes their subject folders: only in a folder this command wrote.
-        _, result = augment(ages, replace(options, overwrite=options.overwrite and folder.own), locked=True)
+        options = replace(options, overwrite=options.overwrite and folder.own)
+        _, result = _flag_errors(augment, ages, options, locked=True)
     print(
         f"wrote {result.generated} brains ({result.skipped} already complete) of {result.total} to {result.out_dir}"
     )

@@ -18,6 +18,7 @@ water-filled, so every bin holds at least m brains in total.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import pandas as pd
 from flowlet.data.bins import check_edges, edge_labels, histogram, width_edges
 
 __all__ = [
+    "PARAMETERS",
     "AugmentationPlan",
     "PlanError",
     "age_bins",
@@ -34,11 +36,30 @@ __all__ = [
     "draw_ages",
     "gaussian_proportions",
     "make_plan",
+    "with_flags",
 ]
 
 
 class PlanError(ValueError):
-    """The requested target cannot be planned; the message says which option or bin is the problem."""
+    """The requested target cannot be planned; the message names the parameter (``bin_width``, ``min_per_bin``,
+    ...) or bin that is the problem. Command-line front ends translate the names with :func:`with_flags`."""
+
+
+#: The planning parameters that messages name; :func:`with_flags` maps each to its command-line flag.
+PARAMETERS = (
+    "target_hist", "bins", "bin_width", "synthetic_ratio", "max_synthetic", "min_per_bin", "allow_extrapolation"
+)  # fmt: skip
+
+
+def with_flags(message: str) -> str:
+    """``message`` with the planning parameter names written as flags (``bin_width`` -> ``--bin-width``).
+
+    A name is replaced only where it stands as a parameter: at the start of the message or after ``raise`` / ``set``,
+    and followed by ``:``, ``=``, a space and a value, or ``)``; ``"the bins 10-90"`` is left alone.
+    """
+    names = "|".join(sorted(PARAMETERS, key=len, reverse=True))
+    pattern = re.compile(rf"(?:^|(?<=raise )|(?<=set )|(?<=or ))({names})(?=[:= )]|$)")
+    return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 @dataclass(frozen=True)
@@ -79,10 +100,10 @@ def age_bins(
             return check_edges(edges)
         except ValueError:
             raise PlanError(
-                f"--bins: expected at least two strictly increasing edges, got {list(edges)}"
+                f"bins: expected at least two strictly increasing edges, got {list(edges)}"
             ) from None
     if bin_width is None or not bin_width > 0:
-        raise PlanError(f"--bin-width: expected a positive number of years, got {bin_width}")
+        raise PlanError(f"bin_width: expected a positive number of years, got {bin_width}")
     if len(ages) == 0:
         raise PlanError("cannot build age bins for an empty cohort")
     return width_edges(ages, bin_width)
@@ -120,7 +141,7 @@ def allocate(
     base = np.zeros_like(real) if reserved is None else np.asarray(reserved, dtype=np.float64)
     remaining = budget - int(base.sum())
     if remaining < 0:
-        raise PlanError(f"min-per-bin needs {int(base.sum())} synthetic samples but the budget is {budget}")
+        raise PlanError(f"min_per_bin needs {int(base.sum())} synthetic samples but the budget is {budget}")
     current = real + base
     level = _water_level(current, p, remaining)
     wanted = np.maximum(0.0, level * p - current)
@@ -173,9 +194,9 @@ def make_plan(
     if p.shape != real.shape:
         raise PlanError(f"the target has {p.size} bins but the age bins are {real.size}")
     if synthetic_ratio is not None and not synthetic_ratio >= 0:
-        raise PlanError(f"--synthetic-ratio: expected a non-negative number, got {synthetic_ratio}")
+        raise PlanError(f"synthetic_ratio: expected a non-negative number, got {synthetic_ratio}")
     if max_synthetic is not None and max_synthetic < 0:
-        raise PlanError(f"--max-synthetic: expected a non-negative count, got {max_synthetic}")
+        raise PlanError(f"max_synthetic: expected a non-negative count, got {max_synthetic}")
     reserved = np.maximum(0, min_per_bin - real) if min_per_bin > 0 else np.zeros_like(real)
     if target_counts is not None:
         wanted = np.maximum(0, np.asarray(target_counts, dtype=np.int64) - real)
@@ -192,8 +213,8 @@ def make_plan(
         reserved = np.maximum(0, min_per_bin - real) if min_per_bin > 0 else np.zeros_like(real)
     if reserved.sum() > budget:
         raise PlanError(
-            f"--min-per-bin {min_per_bin} needs {int(reserved.sum())} synthetic samples, more than the budget "
-            f"of {budget} (raise --synthetic-ratio or --max-synthetic)"
+            f"min_per_bin {min_per_bin} needs {int(reserved.sum())} synthetic samples, more than the budget "
+            f"of {budget} (raise synthetic_ratio or max_synthetic)"
         )
     synthetic = allocate(real, p, budget, reserved=reserved)
     table = pd.DataFrame(
@@ -245,7 +266,7 @@ def draw_ages(
             if low > high:
                 raise PlanError(
                     f"bin {row.bin} needs {row.synthetic_count} synthetic brains but lies outside the checkpoint's "
-                    f"training age range {age_range[0]:g}-{age_range[1]:g}; use --allow-extrapolation to force it"
+                    f"training age range {age_range[0]:g}-{age_range[1]:g}; set allow_extrapolation to force it"
                 )
         ages.append(rng.uniform(low, high, size=int(row.synthetic_count)))
     return np.concatenate(ages) if ages else np.zeros(0)

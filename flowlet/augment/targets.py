@@ -83,13 +83,13 @@ def parse_target(spec: str, edges: np.ndarray) -> TargetHistogram:
                 raise ValueError
         except ValueError as exc:
             raise PlanError(
-                f"--target-hist {spec}: expected gaussian:MEAN,SD with finite numbers, e.g. gaussian:55,15"
+                f"target_hist {spec}: expected gaussian:MEAN,SD with finite numbers, e.g. gaussian:55,15"
             ) from exc
         return TargetHistogram(spec, gaussian_proportions(edges, mean, sd))
     if Path(spec).suffix in {".tsv", ".csv"}:
         return _explicit_bins(Path(spec))
     raise PlanError(
-        f"--target-hist {spec!r}: expected uniform, match:FILE, gaussian:MEAN,SD or a FILE.tsv of bins"
+        f"target_hist {spec!r}: expected uniform, match:FILE, gaussian:MEAN,SD or a FILE.tsv of bins"
     )
 
 

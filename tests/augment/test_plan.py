@@ -103,16 +103,16 @@ def test_min_per_bin_and_max_synthetic(skewed_ages):
     plan = make_plan(skewed_ages, edges, np.ones(len(edges) - 1), max_synthetic=60, min_per_bin=4)
     assert plan.table["synthetic_count"].sum() == 60
     assert (plan.table["combined_count"] >= 4).all()
-    with pytest.raises(PlanError, match="min-per-bin"):
+    with pytest.raises(PlanError, match="min_per_bin"):
         make_plan(skewed_ages, edges, np.ones(len(edges) - 1), max_synthetic=5, min_per_bin=30)
 
 
 def test_bad_options_are_named():
-    with pytest.raises(PlanError, match="--bins"):
+    with pytest.raises(PlanError, match=r"^bins: "):
         age_bins([1, 2], edges=[10, 5])
-    with pytest.raises(PlanError, match="--bin-width"):
+    with pytest.raises(PlanError, match=r"^bin_width: "):
         age_bins([1, 2], bin_width=0)
-    with pytest.raises(PlanError, match="--synthetic-ratio"):
+    with pytest.raises(PlanError, match=r"^synthetic_ratio: "):
         make_plan([20, 30], np.array([20.0, 25, 35]), np.ones(2), synthetic_ratio=-1)
     with pytest.raises(PlanError, match="empty cohort"):
         age_bins([], bin_width=5)
@@ -126,7 +126,7 @@ def test_draw_ages_stays_in_bins_and_refuses_out_of_range(skewed_ages):
     assert np.array_equal(histogram(ages, edges), plan.table["synthetic_count"].to_numpy())
     clipped = draw_ages(plan, np.random.default_rng(0), age_range=(10.0, 85.0))
     assert clipped.min() >= 10.0 and clipped.max() <= 85.0
-    with pytest.raises(PlanError, match="allow-extrapolation"):
+    with pytest.raises(PlanError, match="allow_extrapolation"):
         draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0))
     wide = draw_ages(plan, np.random.default_rng(0), age_range=(30.0, 50.0), allow_extrapolation=True)
     assert wide.size == plan.budget
@@ -175,3 +175,18 @@ def test_explicit_counts_are_reached_exactly():
     assert plan.table["combined_count"].tolist() == [5, 5, 2]
     tight = make_plan(ages, edges, np.array([5, 5, 2]), target_counts=np.array([5, 5, 2]), max_synthetic=3)
     assert tight.table["synthetic_count"].sum() == 3
+
+
+def test_front_ends_translate_parameter_names_to_flags():
+    from flowlet.augment.plan import with_flags
+
+    assert with_flags("bin_width: expected a positive number") == "--bin-width: expected a positive number"
+    assert with_flags("bins: expected at least two") == "--bins: expected at least two"
+    assert (
+        with_flags("min_per_bin 50 needs 7 synthetic samples (raise synthetic_ratio or max_synthetic)")
+        == "--min-per-bin 50 needs 7 synthetic samples (raise --synthetic-ratio or --max-synthetic)"
+    )
+    assert with_flags("set allow_extrapolation to force it") == "set --allow-extrapolation to force it"
+    # Words that are not parameters stay as they are.
+    assert with_flags("puts no mass in the bins 10-90") == "puts no mass in the bins 10-90"
+    assert with_flags("gaussian target: expected a positive SD") == "gaussian target: expected a positive SD"
