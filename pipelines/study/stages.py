@@ -125,8 +125,9 @@ def check_disjoint_subjects(train: pd.DataFrame, test: pd.DataFrame, *, where: s
         )
 
 
-def cohort_location(ctx: StageContext, name: str = "cohort") -> Path:
-    value = ctx.results["cohort"].outputs[name]
+def stage_output(ctx: StageContext, stage: str, name: str) -> Path:
+    """The path that an earlier stage recorded under ``name`` (relative paths are inside the study folder)."""
+    value = ctx.results[stage].outputs[name]
     path = Path(value)
     return path if path.is_absolute() else _abs(ctx, value)
 
@@ -135,7 +136,7 @@ def run_split(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     from flowlet.data.cohort import load_cohort
     from flowlet.data.splits import split_subjects
 
-    cohort = load_cohort(cohort_location(ctx))
+    cohort = load_cohort(stage_output(ctx, "cohort", "cohort"))
     s = config.split
     fractions = dict(zip(("train", "val", "test"), s.fractions))
     external = "test" in ctx.results["cohort"].outputs
@@ -147,7 +148,7 @@ def run_split(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     )
     table = cohort.table.assign(**{keys.SPLIT: split.to_numpy()})
     if external:
-        test = load_cohort(cohort_location(ctx, "test")).table
+        test = load_cohort(stage_output(ctx, "cohort", "test")).table
         check_disjoint_subjects(cohort.table, test)
         table = pd.concat([table, test.assign(**{keys.SPLIT: "test"})], ignore_index=True)
     path = write_table_atomic(ctx.stage_dir / "split.tsv", table)
@@ -206,12 +207,6 @@ def train_generator(ctx: StageContext, config: StudyConfig) -> Path:
     return best if best.is_file() else Path(result.run_dir) / "checkpoints" / "latest.pt"
 
 
-def checkpoint_location(ctx: StageContext) -> Path:
-    value = ctx.results["generator"].outputs["checkpoint"]
-    path = Path(value)
-    return path if path.is_absolute() else _abs(ctx, value)
-
-
 def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     from pipelines.augment import AugmentOptions, augment
 
@@ -221,7 +216,7 @@ def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     generator = ctx.results["generator"].outputs
     folder = ctx.stage_dir / "synthetic"
     options = AugmentOptions(
-        checkpoint=str(checkpoint_location(ctx)),
+        checkpoint=str(stage_output(ctx, "generator", "checkpoint")),
         out=str(folder),
         target_hist=a.target_hist,
         bin_width=a.bin_width,
@@ -294,9 +289,13 @@ def run_bap(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
 
 
 def _voxel_size(table: pd.DataFrame) -> float:
+    from nibabel.affines import voxel_sizes
+
     from flowlet.data.cohort import read_image
 
-    zooms = np.abs(np.diag(read_image(table[keys.PATH].iloc[0]).affine)[:3])
+    zooms = voxel_sizes(
+        read_image(table[keys.PATH].iloc[0]).affine
+    )  # column norms: right for oblique grids too
     return float(np.round(zooms.mean(), 3))
 
 
@@ -351,22 +350,17 @@ def build_stages(config: StudyConfig) -> list[Stage]:
         def fingerprint() -> str:
             return "|".join(cohort_fingerprint(path) for path in paths)
 
+    from pipelines.study.report import run_report  # the report module imports this one
+
     stages = [
         Stage("cohort", bind(run_cohort), config_sections=("cohort", "test"), fingerprint=fingerprint),
         Stage("split", bind(run_split), depends=("cohort",), config_sections=("split",)),
         Stage("generator", bind(run_generator), depends=("split",), config_sections=("generator",)),
         Stage("augment", bind(run_augment), depends=("split", "generator"), config_sections=("augment",)),
+        Stage("bap", bind(run_bap), depends=("split", "augment"), config_sections=("bap",)),
+        Stage("eval", bind(run_eval), depends=("split", "augment"), config_sections=("eval",)),
+        Stage("report", bind(run_report), depends=STAGE_NAMES[:-1], config_sections=("report",)),
     ]
-    stages.append(Stage("bap", bind(run_bap), depends=("split", "augment"), config_sections=("bap",)))
-    stages.append(Stage("eval", bind(run_eval), depends=("split", "augment"), config_sections=("eval",)))
-    from pipelines.study.report import run_report
-
-    stages.append(
-        Stage(
-            "report",
-            bind(run_report),
-            depends=("cohort", "split", "generator", "augment", "bap", "eval"),
-            config_sections=("report",),
-        )
-    )
+    if tuple(stage.name for stage in stages) != STAGE_NAMES:
+        raise RuntimeError(f"build_stages builds {[s.name for s in stages]}, STAGE_NAMES says {STAGE_NAMES}")
     return stages
