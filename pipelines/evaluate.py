@@ -196,6 +196,7 @@ def _volumetrics(config, registration: str, progress: bool):
         segmenter=segmenter,
         threshold=config.atlas.threshold,
         registration=registration,
+        volumes=s.volumes,
         progress=progress,
     ).fit()
 
