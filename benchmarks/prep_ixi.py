@@ -152,6 +152,16 @@ def run_regions(
     }
 
 
+def bootstrap_r(x: pd.Series, y: pd.Series, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile 95 % interval of Pearson r over subjects resampled with replacement."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(x), len(x)) for _ in range(n_boot)]
+    rs = [np.corrcoef(x[i], y[i])[0, 1] for i in draws]
+    low, high = np.nanpercentile(rs, [2.5, 97.5])
+    return [round(float(low), 3), round(float(high), 3)]
+
+
 def correlate(regions_dir: Path, data_dir: Path) -> dict:
     """Native (and MNI) volumes of a ``flowlet-eval regions`` output against DLMUSE: Pearson r, age trends."""
     from scipy import stats
@@ -179,6 +189,7 @@ def correlate(regions_dir: Path, data_dir: Path) -> dict:
             "reference": column,
             "tissue": tissue,
             "r_native": round(float(stats.pearsonr(merged["volume_native_mm3"], merged["reference"])[0]), 3),
+            "r_native_ci95": bootstrap_r(merged["volume_native_mm3"], merged["reference"]),
             "r_mni": round(float(stats.pearsonr(merged["volume_mni_mm3"], merged["reference"])[0]), 3),
             "rho_age_native": round(float(stats.spearmanr(merged["volume_native_mm3"], merged["age"])[0]), 3),
             "rho_age_reference": round(float(stats.spearmanr(merged["reference"], merged["age"])[0]), 3),
