@@ -87,8 +87,8 @@ class PrepConfig:
         mask_margin_mm: half-width of the border band where the brain mask follows the subject's intensities
             (0: the registered template brain mask, the most accurate on real heads).
         registration_voxel_size: the affine is fitted to the template on a grid no coarser than this (mm), whatever
-            the output grid: a 4 mm template is too coarse for the extraction passes (at 4 mm, 9 of the 30
-            ``ixi-dev`` heads came out squeezed or shifted and were rejected; the same scans register at 2 mm).
+            the output grid: a 4 mm template is too coarse for the extraction passes (at 4 mm, 8 of the 30
+            ``ixi-dev`` heads came out squeezed or shifted, all rejected by QC; the same scans register at 2 mm).
         seed: registration sampling seed, at least 1 (ANTs seeds from the clock when given 0).
         qc: pass/fail limits; a scan that breaks one is rejected.
     """
