@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -78,6 +78,17 @@ class TissueMaps:
         best = stack.argmax(0)
         brain = self.mask & (np.take_along_axis(stack, best[None], 0)[0] > background)
         return np.where(brain, best + 1, 0).astype(np.uint8)
+
+    def as_labels(self) -> TissueMaps:
+        """The same maps with every voxel given wholly to its most likely class (:meth:`hard_labels`).
+
+        Volumes then become voxel counts × voxel volume, as in label-based tools (FreeSurfer, MUSE/DLMUSE):
+        a voxel that is 60 % GM and 40 % CSF counts as one GM voxel instead of 0.6.
+        """
+        hard = self.hard_labels()
+        return replace(
+            self, probabilities={t: (hard == k + 1).astype(np.float32) for k, t in enumerate(TISSUES)}
+        )
 
     def volumes_mm3(self) -> dict[str, float]:
         """Total volume of each tissue: Σ probability × voxel volume."""

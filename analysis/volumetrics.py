@@ -47,6 +47,9 @@ TOTAL = "all"
 COLUMNS: tuple[str, ...] = (SUBJECT_ID, "region_index", "region", "tissue", "volume_mm3", "mean_intensity")
 
 
+#: How a voxel's tissue adds to a volume (``RegionVolumetrics(volumes=...)``).
+VOLUME_MODES: tuple[str, ...] = ("fractions", "labels")
+
 #: ``scale_source`` values: where the native-space factor of an image came from.
 FROM_PREP = "flowlet-prep determinant"
 UNKNOWN_SCALE = "unknown: native = MNI"
@@ -292,6 +295,10 @@ class RegionVolumetrics:
             starting from the coarse displacement; they move small structures (hippocampus) onto their
             full-resolution boundaries. 0 keeps the coarse (about 4 mm) registration.
         csf_growth_mm: how far (mm) CSF structures may grow beyond their registered labels (0 disables).
+        volumes: ``"fractions"`` (default): a voxel adds its expected tissue fractions (the partial-volume
+            estimate of the physical tissue volume); ``"labels"``: a voxel counts wholly for its most likely
+            tissue (:meth:`TissueMaps.as_labels`), the convention of label-based tools such as FreeSurfer and
+            DLMUSE, whose volumes are voxel counts. Only with :class:`TissueSegmenter`.
         progress: show a progress bar over images.
 
     Example:
@@ -313,10 +320,14 @@ class RegionVolumetrics:
         demons_smoothing: float = 1.0,
         refine_iterations: int = 10,
         fine_iterations: int = 3,
+        volumes: str = "fractions",
         progress: bool = False,
     ) -> None:
         if registration not in ("demons", "none"):
             raise ValueError(f"unknown registration '{registration}'; choose from ['demons', 'none']")
+        if volumes not in VOLUME_MODES:
+            raise ValueError(f"unknown volumes '{volumes}'; choose from {list(VOLUME_MODES)}")
+        self.volumes = volumes
         self.registration = registration
         self.csf_structures = tuple(csf_structures)
         self.csf_growth_mm = csf_growth_mm
@@ -396,8 +407,9 @@ class RegionVolumetrics:
         The image is resampled onto the grid first when needed (with a log message).
 
         Returns:
-            ``(maps, labels)``: :class:`TissueMaps` and the ``(X, Y, Z)`` atlas labels in the image's anatomy
-            (carried by registration, or the atlas itself with ``registration="none"``).
+            ``(maps, labels)``: :class:`TissueMaps` (one-hot with ``volumes="labels"``) and the ``(X, Y, Z)``
+            atlas labels in the image's anatomy (carried by registration, or the atlas itself with
+            ``registration="none"``).
         """
         if not hasattr(self, "labels_"):
             raise RuntimeError("RegionVolumetrics is not fitted; call fit() first")
@@ -409,7 +421,7 @@ class RegionVolumetrics:
                 raise ValueError(
                     f"tissue maps shape {maps.mask.shape} differs from the atlas grid {self.labels_.shape}"
                 )
-            return maps, self.labels_
+            return self._counted(maps), self.labels_
         # The first segmentation only drives the registration, so it runs on the ~4 mm grid.
         k = self.coarse_factor_
         coarse = Volume(block_mean(volume.data, k), self.coarse_segmenter_.grid_.affine)
@@ -435,7 +447,13 @@ class RegionVolumetrics:
         if self.csf_growth_mm > 0 and self.csf_ids_:
             steps = int(np.ceil(self.csf_growth_mm / min(self.grid_.voxel_sizes)))
             labels = grow_csf_structures(labels, maps.probabilities["csf"], self.csf_ids_, steps)
-        return maps, labels
+        return self._counted(maps), labels
+
+    def _counted(self, maps: TissueMaps) -> TissueMaps:
+        """``maps`` as the volumes count them (the atlas labels were carried with the fractions either way)."""
+        if self.volumes == "labels" and isinstance(self.segmenter_, TissueSegmenter):
+            return maps.as_labels()
+        return maps
 
     def _register(self, maps: TissueMaps) -> np.ndarray:
         """Displacement ``(3, X, Y, Z)`` (voxels) carrying template space onto the subject of ``maps``."""

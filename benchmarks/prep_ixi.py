@@ -12,6 +12,8 @@ Measures, against the DLMUSE reference that ships with the data set:
 Usage::
 
     python benchmarks/prep_ixi.py --work /tmp/prep_ixi --jobs 2 --regions
+    python benchmarks/prep_ixi.py --work /tmp/prep_ixi --jobs 2 --regions --volumes labels   # voxel counts
+    python benchmarks/prep_ixi.py --correlate /tmp/prep_ixi/regions --json /tmp/r.json   # an existing output
     python benchmarks/prep_ixi.py --limit 4 --work /tmp/prep_ixi4        # a quick look
 
 The work folder is resumable (finished scans are verified and skipped).
@@ -43,8 +45,9 @@ from flowlet.data.prep import PrepConfig, find_scans, output_names, run_prep  # 
 DEFAULT_DATA = Path(os.environ.get("FLOWLET_IXI_DEV", ROOT.parent / "shared" / "data" / "ixi-dev"))
 CORRECT_DICE = 0.90
 #: DLMUSE reference columns (mL) -> (atlas regions summed, tissue) in the flowlet-eval regions table.
-#: The hippocampus is reported twice: every tissue of the atlas region, and its grey matter only (DLMUSE's
-#: hippocampus label is grey matter; after an affine the atlas region also covers CSF of the temporal horn).
+#: The hippocampus is reported twice: its grey matter (the bar: DLMUSE's hippocampus label is grey matter, while
+#: the atlas region carried onto a subject also covers CSF of the temporal horn and white matter) and every
+#: tissue of the atlas region (for reference, no bar).
 VOLUMES = {
     "lat_vent": ("lat_vent", ("Left_Lateral_Ventricle", "Right_Lateral_Ventricle"), "all"),
     "hippocampus_all_tissue": ("hippocampus", ("Left_Hippocampus", "Right_Hippocampus"), "all"),
@@ -52,7 +55,7 @@ VOLUMES = {
     "gm": ("gm", ("whole-brain",), "gm"),
     "wm": ("wm", ("whole-brain",), "wm"),
 }
-BARS = {"lat_vent": 0.95, "gm": 0.90, "wm": 0.90, "hippocampus_all_tissue": 0.80, "hippocampus_gm": 0.80}
+BARS = {"lat_vent": 0.95, "gm": 0.90, "wm": 0.90, "hippocampus_all_tissue": None, "hippocampus_gm": 0.80}
 
 
 def reference_dice(data_dir: Path, out: Path, qc: pd.DataFrame, config: PrepConfig) -> pd.DataFrame:
@@ -112,35 +115,69 @@ def limited_copy(data_dir: Path, target: Path, n: int) -> Path:
     return target
 
 
-def run_regions(out: Path, work: Path, data_dir: Path, jobs: int, reuse: bool) -> dict:
-    """``flowlet-eval regions`` on the prepared cohort; native volumes against the DLMUSE reference."""
-    from scipy import stats
+def run_regions(
+    out: Path, work: Path, data_dir: Path, jobs: int, reuse: bool, volumes: str = "fractions"
+) -> dict:
+    """``flowlet-eval regions`` on the prepared cohort (``volumes``: the config's ``segmentation.volumes``);
+    native volumes against the DLMUSE reference. Results go to ``work/regions`` (``work/regions-labels`` for
+    voxel-count volumes)."""
+    import yaml
 
     from pipelines.eval.cli import main as evaluate
 
-    regions_dir = work / "regions"
+    regions_dir = work / ("regions" if volumes == "fractions" else f"regions-{volumes}")
+    config = yaml.safe_load((ROOT / "configs" / "eval" / "default.yaml").read_text())
+    config["segmentation"]["volumes"] = volumes
+    config_path = work / f"eval_{volumes}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
     code = (
         0
         if reuse and (regions_dir / "volumes.tsv").is_file()
         else evaluate(
-            ["regions", "--cohort", str(out), "--out", str(regions_dir), "--no-progress", "--jobs", str(jobs)]
+            [
+                *("regions", "--cohort", str(out), "--out", str(regions_dir)),
+                *("--config", str(config_path), "--no-progress", "--jobs", str(jobs)),
+            ]
         )
     )
     seconds = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"flowlet-eval regions exited with {code}")
+    reused = bool(reuse and seconds < 1.0)
+    return {
+        "seconds": None if reused else round(seconds, 1),
+        "reused_earlier_run": reused,
+        **correlate(regions_dir, data_dir),
+    }
+
+
+def bootstrap_r(x: pd.Series, y: pd.Series, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile 95 % interval of Pearson r over subjects resampled with replacement."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(x), len(x)) for _ in range(n_boot)]
+    rs = [np.corrcoef(x[i], y[i])[0, 1] for i in draws]
+    low, high = np.nanpercentile(rs, [2.5, 97.5])
+    return [round(float(low), 3), round(float(high), 3)]
+
+
+def correlate(regions_dir: Path, data_dir: Path) -> dict:
+    """Native (and MNI) volumes of a ``flowlet-eval regions`` output against DLMUSE: Pearson r, age trends."""
+    from scipy import stats
+
     volumes = pd.read_csv(regions_dir / "volumes.tsv", sep="\t", dtype={"subject_id": str})
     reference = pd.read_csv(data_dir / "derivatives" / "dlmuse" / "volumes.tsv", sep="\t")
     reference["subject_id"] = reference["participant_id"].str.removeprefix("sub-")
     ages = pd.read_csv(data_dir / "participants.tsv", sep="\t")
     ages["subject_id"] = ages["participant_id"].str.removeprefix("sub-")
-    reused = bool(reuse and seconds < 1.0)
-    result: dict = {
-        "seconds": None if reused else round(seconds, 1),
-        "reused_earlier_run": reused,
-        "volumes": {},
-    }
+    config_file = regions_dir / "config.yaml"
+    mode = "fractions"
+    if config_file.is_file():
+        import yaml
+
+        mode = (yaml.safe_load(config_file.read_text()).get("segmentation") or {}).get("volumes", "fractions")
+    result: dict = {"regions_dir": str(regions_dir), "volumes_mode": mode, "volumes": {}}
     for name, (column, regions, tissue) in VOLUMES.items():
         part = volumes[volumes["region"].isin(regions) & (volumes["tissue"] == tissue)]
         per = part.groupby("subject_id")[["volume_native_mm3", "volume_mni_mm3"]].sum() / 1000.0
@@ -152,6 +189,7 @@ def run_regions(out: Path, work: Path, data_dir: Path, jobs: int, reuse: bool) -
             "reference": column,
             "tissue": tissue,
             "r_native": round(float(stats.pearsonr(merged["volume_native_mm3"], merged["reference"])[0]), 3),
+            "r_native_ci95": bootstrap_r(merged["volume_native_mm3"], merged["reference"]),
             "r_mni": round(float(stats.pearsonr(merged["volume_mni_mm3"], merged["reference"])[0]), 3),
             "rho_age_native": round(float(stats.spearmanr(merged["volume_native_mm3"], merged["age"])[0]), 3),
             "rho_age_reference": round(float(stats.spearmanr(merged["reference"], merged["age"])[0]), 3),
@@ -187,11 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse-regions", action="store_true", help="correlate an earlier run's regions/volumes.tsv again"
     )
+    parser.add_argument(
+        "--volumes",
+        choices=["fractions", "labels"],
+        default="fractions",
+        help="segmentation.volumes of flowlet-eval regions: partial-volume fractions or voxel counts",
+    )
+    parser.add_argument(
+        "--correlate",
+        type=Path,
+        metavar="REGIONS_DIR",
+        help="only correlate an existing flowlet-eval regions output with the reference (no prep), print JSON",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "prep_ixi.json")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"{args.data}: ixi-dev not found", file=sys.stderr)
         return 2
+    if args.correlate:
+        result = correlate(args.correlate, args.data)
+        write_json_atomic(args.json, result)
+        print(json.dumps(result, indent=1))
+        return 0
     data_dir = args.data if args.limit is None else limited_copy(args.data, args.work / "bids", args.limit)
     config = PrepConfig(mask_margin_mm=args.mask_margin_mm)
     out = args.work / "prep"
@@ -305,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_scan": scored.round(4).to_dict(orient="records"),
     }
     if args.regions:
-        result["regions"] = run_regions(out, args.work, data_dir, args.jobs, args.reuse_regions)
+        result["regions"] = run_regions(out, args.work, data_dir, args.jobs, args.reuse_regions, args.volumes)
     write_json_atomic(args.json, result)
 
     print(

@@ -41,7 +41,9 @@ def test_every_long_module_is_listed_with_a_reason():
     unlisted = {path: n for path, n in long_files(ROOT).items() if path not in listed}
     assert not unlisted, f"split these along their ideas, or list them in docs/architecture.md: {unlisted}"
     stale = sorted(set(listed) - set(long_files(ROOT)))
-    assert not stale, f"docs/architecture.md lists modules that are gone or no longer over {LIMIT} lines: {stale}"
+    assert not stale, (
+        f"docs/architecture.md lists modules that are gone or no longer over {LIMIT} lines: {stale}"
+    )
     assert all(len(reason.split()) >= 3 for reason in listed.values())
 
 

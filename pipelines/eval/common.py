@@ -221,6 +221,7 @@ def build_volumetrics(
         segmenter=segmenter,
         threshold=config.atlas.threshold,
         registration=registration,
+        volumes=s.volumes,
         progress=progress,
     ).fit()
 

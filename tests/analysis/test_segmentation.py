@@ -71,3 +71,95 @@ def test_bad_method_and_priors_raise():
         TissueSegmenter(grid=GRID, priors={"gm": np.zeros(GRID.shape)}).fit()
     with pytest.raises(RuntimeError, match="not fitted"):
         TissueSegmenter(grid=GRID).transform(Volume(np.zeros(GRID.shape, np.float32), GRID.affine))
+
+
+def _partial_volume_phantom(wm_radius: float, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A CSF/GM/WM sphere drawn at 0.5 mm and averaged onto the 2 mm grid: every boundary voxel is a known mix.
+
+    Returns the 2 mm image and the true tissue fractions (``{"csf", "gm", "wm"}`` → ``(24, 24, 24)``).
+    """
+    k = 4
+    r = np.linalg.norm((np.indices(tuple(n * k for n in GRID.shape)) + 0.5) / k - 12.0, axis=0)
+    fine = np.zeros(r.shape, np.int32)
+    fine[r < 10.7] = 1
+    fine[r < 9.3] = 2
+    fine[r < wm_radius] = 3
+
+    def down(a: np.ndarray) -> np.ndarray:
+        return a.reshape(24, k, 24, k, 24, k).mean(axis=(1, 3, 5))
+
+    fractions = {t: down((fine == i + 1).astype(np.float64)) for i, t in enumerate(TISSUES)}
+    means = {"csf": 0.15, "gm": 0.5, "wm": 0.8}
+    image = sum(fractions[t] * means[t] for t in TISSUES)
+    inside = sum(fractions.values()) > 0
+    image = image + np.random.default_rng(seed).normal(0, 0.02, GRID.shape) * inside
+    return image.astype(np.float32), fractions
+
+
+@pytest.mark.parametrize("wm_radius", [6.6, 7.6])
+def test_partial_volume_fractions_sum_to_the_true_tissue_volumes(wm_radius):
+    """At 2 mm about half of the GM shell lies in mixed voxels. Summing the expected fractions of the
+    partial-volume model recovers GM and WM volume; summing pure-class posteriors (no mixed classes) gives the
+    mixed voxels wholly to one class and misses WM by several times as much."""
+    image, fractions = _partial_volume_phantom(wm_radius, 0)
+    mixed = (fractions["gm"] > 0.05) & (fractions["gm"] < 0.95)
+    assert mixed.sum() > 0.4 * (fractions["gm"] > 0.05).sum()
+    priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
+    truth = {t: float(f.sum()) * GRID.voxel_volume_mm3 for t, f in fractions.items()}
+    errors = {}
+    for pv in (True, False):
+        seg = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0, partial_volume=pv).fit()
+        maps = seg.transform(Volume(image, GRID.affine))
+        volumes = maps.volumes_mm3()
+        errors[pv] = {t: volumes[t] / truth[t] - 1.0 for t in ("gm", "wm")}
+        if pv:
+            gm_mixed = maps.probabilities["gm"][mixed]
+            assert np.corrcoef(gm_mixed, fractions["gm"][mixed])[0, 1] > 0.8
+    assert max(abs(e) for e in errors[True].values()) < 0.03, errors
+    assert abs(errors[False]["wm"]) > 3 * abs(errors[True]["wm"]) and abs(errors[False]["wm"]) > 0.05, errors
+
+
+def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
+    """``volumes="labels"`` (voxel counts, as FreeSurfer and DLMUSE count) against the default fractions."""
+    import pandas as pd
+
+    from analysis.volumetrics import WHOLE_BRAIN, RegionVolumetrics
+    from flowlet.data.templates import Atlas
+
+    image, fractions = _partial_volume_phantom(7.6, 1)
+    priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
+    regions = (sum(fractions.values()) > 0).astype(np.int32)
+    atlas = Atlas(
+        name="sphere",
+        labels=regions,
+        affine=GRID.affine,
+        table=pd.DataFrame({"index": [1], "name": ["sphere"]}),
+    )
+    segmenter = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0)
+    tables = {}
+    for mode in ("fractions", "labels"):
+        vol = RegionVolumetrics(
+            atlas, grid=GRID, segmenter=segmenter, registration="none", volumes=mode
+        ).fit()
+        tables[mode] = vol.transform([Volume(image, GRID.affine)]).set_index(["region", "tissue"])[
+            "volume_mm3"
+        ]
+    maps = segmenter.fit().transform(Volume(image, GRID.affine))
+    hard = maps.hard_labels()
+    counted = maps.as_labels()
+    assert np.array_equal(counted.hard_labels(), hard)
+    for k, tissue in enumerate(TISSUES, start=1):
+        assert set(np.unique(counted.probabilities[tissue])) <= {0.0, 1.0}
+        in_sphere = float(((hard == k) & (regions == 1)).sum()) * GRID.voxel_volume_mm3
+        assert tables["labels"][("sphere", tissue)] == pytest.approx(in_sphere)
+        assert tables["fractions"][("sphere", tissue)] == pytest.approx(
+            float(maps.probabilities[tissue][regions == 1].sum()) * GRID.voxel_volume_mm3, rel=1e-6
+        )
+    assert tables["labels"][(WHOLE_BRAIN, "gm")] == pytest.approx(
+        float((hard == 2).sum()) * GRID.voxel_volume_mm3
+    )
+    assert tables["labels"][("sphere", "gm")] != pytest.approx(
+        tables["fractions"][("sphere", "gm")], rel=1e-3
+    )
+    with pytest.raises(ValueError, match="unknown volumes"):
+        RegionVolumetrics(atlas, volumes="counts")

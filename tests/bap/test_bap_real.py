@@ -158,6 +158,21 @@ def test_ridge_baseline_beats_the_mean_predictor_and_pairs_by_key():
     )
 
 
+def test_ridge_baseline_does_not_extrapolate_a_feature_beyond_its_training_range():
+    """A region that is (nearly) empty in every training scan and not in one test scan must not throw that
+    scan's prediction far outside the ages the model was fitted on."""
+    table, features = _synthetic_features()
+    features = features.set_index("subject_id")
+    train = table.loc[table.split == "train", "subject_id"]
+    features["rare"] = 0.0
+    features.loc[train, "rare"] = np.random.default_rng(2).normal(0, 1e-3, len(train))
+    victim = table.loc[table.split == "test", "subject_id"].iloc[0]
+    features.loc[victim, "rare"] = 5.0  # 5000 training standard deviations out
+    result = fit_ridge_baseline(table, features.reset_index())
+    pred = result.predictions.set_index("subject_id")["pred"]
+    assert table.age.min() - 20 < pred[victim] < table.age.max() + 20
+
+
 def test_ridge_features_from_tidy_volumes_and_participant_ids():
     tidy = pd.DataFrame(
         {
