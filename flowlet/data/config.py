@@ -22,7 +22,11 @@ class ConfigTypeError(ValueError):
 
 
 def convert_value(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``hint`` (int, float, bool, str, Optional, tuple, dict, dataclass)."""
+    """Check ``value`` against the annotation ``hint`` (int, float, bool, str, Optional, tuple, dict, dataclass).
+
+    Mapping values are checked against their annotation too (``dict[str, float]``), and their keys become strings
+    when the annotation says ``str``, so that a YAML key written as a number reads back the same after dumping.
+    """
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -37,14 +41,18 @@ def convert_value(value: Any, hint: Any, where: str) -> Any:
             raise ConfigTypeError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(convert_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        items = args
-        if len(items) != len(value):
-            raise ConfigTypeError(f"{where}: expected {len(items)} values, got {len(value)}")
-        return tuple(convert_value(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
+        if len(args) != len(value):
+            raise ConfigTypeError(f"{where}: expected {len(args)} values, got {len(value)}: {list(value)!r}")
+        return tuple(convert_value(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, args)))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigTypeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        if not args:
+            return dict(value)
+        return {
+            (str(k) if args[0] is str else k): convert_value(v, args[1], f"{where}.{k}")
+            for k, v in value.items()
+        }
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigTypeError(f"{where}: expected a number, got {value!r}")
@@ -69,19 +77,35 @@ def convert_value(value: Any, hint: Any, where: str) -> Any:
 def build_section(cls: type, raw: Any, where: str) -> Any:
     """``cls(**raw)`` after refusing unknown keys and checking each value's type.
 
+    Args:
+        cls: a dataclass; fields that are dataclasses are built recursively as sub-sections.
+        raw: its mapping (None: every default).
+        where: the section's dotted name; ``""`` for a top level whose keys are named bare (``data.source``).
+
     Raises:
-        ConfigTypeError: naming ``where.key``, the expected type and the value found.
+        ConfigTypeError: naming ``where.key``, the expected type and the value found; or naming ``where`` with the
+            message of a ``ValueError`` that ``cls`` raised on its values.
     """
+
+    def at(text: str) -> str:
+        return f"{where}: {text}" if where else text
+
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigTypeError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigTypeError(at(f"expected a mapping, got {raw!r}"))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(raw) - names, key=str)
     if unknown:
-        raise ConfigTypeError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(names)}")
-    return cls(**{k: convert_value(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+        raise ConfigTypeError(at(f"unknown key(s) {unknown}; expected some of {sorted(names)}"))
+    values = {k: convert_value(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except ConfigTypeError:
+        raise
+    except ValueError as exc:  # the section's own checks (``__post_init__``) name the field, not the section
+        raise ConfigTypeError(at(str(exc))) from exc
 
 
 def to_plain(value: Any) -> Any:

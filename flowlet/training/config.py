@@ -17,11 +17,7 @@ mapping before validation, so they pass the same checks.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from flowlet.data.config import to_plain
+from flowlet.data.config import build_section, to_plain
 from flowlet.models.config import UNetConfig
 
 __all__ = [
@@ -209,75 +205,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def _fail(source: str, key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"{source}: '{key}' {message}")
-
-
-def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the type ``hint`` and return it in canonical form (tuples, floats)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, source)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            _fail(source, key, f"must be a mapping of {hint.__name__} fields, got {type(value).__name__}")
-        return _build(hint, value, key, source)
-    if hint is bool:
-        if not isinstance(value, bool):
-            _fail(source, key, f"must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(source, key, f"must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(source, key, f"must be a number, got {value!r}")
-        if not math.isfinite(value):  # YAML reads .nan and .inf as floats
-            _fail(source, key, f"must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            _fail(source, key, f"must be a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            _fail(source, key, f"must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-        if len(value) != len(args):
-            _fail(source, key, f"must be a list of {len(args)} values, got {list(value)!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            _fail(source, key, f"must be a mapping, got {value!r}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
-    raise TypeError(f"unsupported config type {hint!r} for '{key}'")
-
-
-def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for name in raw:
-        if name not in known:
-            key = f"{prefix}.{name}" if prefix else str(name)
-            _fail(source, key, f"is not a known setting; known keys in '{prefix or 'top level'}': {known}")
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], key, source)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # semantic checks of nested configs (e.g. UNetConfig) name the field themselves
-        raise ConfigError(f"{source}: section '{prefix or 'top level'}': {exc}") from exc
-
-
 def _check_semantics(cfg: TrainConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     d, f, t, m = cfg.data, cfg.flow, cfg.training, cfg.model
@@ -333,9 +260,7 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "<config>") -> Tra
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return _build(TrainConfig, raw, "", source)
-    except ConfigError:
-        raise
+        return build_section(TrainConfig, dict(raw), "")
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 

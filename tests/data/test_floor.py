@@ -26,7 +26,7 @@ from flowlet.data.bins import (
     label_start,
     width_edges,
 )
-from flowlet.data.config import build_section, to_plain
+from flowlet.data.config import ConfigTypeError, build_section, to_plain
 from flowlet.data.grid import MNI_2MM_AFFINE, Grid
 from flowlet.data.nifti import Volume, voxel_volume_mm3
 
@@ -62,6 +62,49 @@ def test_to_plain_round_trips_through_yaml_and_build_section():
     config = _Outer(name="y", inner=_Inner(0.25, (4,)), maybe=_Inner(1.0, ()), options={"k": 2.0, "j": 3.0})
     text = yaml.safe_dump(to_plain(config), sort_keys=False)
     assert build_section(_Outer, yaml.safe_load(text), "cfg") == config
+
+
+@dataclass(frozen=True)
+class _Checked:
+    low: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.low < 0:
+            raise ValueError(f"low must be >= 0, got {self.low}")
+
+
+@dataclass(frozen=True)
+class _Top:
+    inner: _Inner = field(default_factory=_Inner)
+    checked: _Checked = field(default_factory=_Checked)
+
+
+def test_build_section_checks_mapping_values_and_makes_str_keys():
+    built = build_section(_Outer, {"options": {1: 2, "j": 0.5}}, "cfg")
+    assert built.options == {"1": 2.0, "j": 0.5} and all(type(v) is float for v in built.options.values())
+    with pytest.raises(ConfigTypeError, match=r"cfg\.options\.j: expected a number, got 'x'"):
+        build_section(_Outer, {"options": {"j": "x"}}, "cfg")
+
+
+def test_build_section_names_the_key_value_and_expected_type():
+    with pytest.raises(
+        ConfigTypeError, match=r"cfg\.pairs\[0\]: expected 2 values, got 3: \['a', 'b', 'c'\]"
+    ):
+        build_section(_Outer, {"pairs": [["a", "b", "c"]]}, "cfg")
+    with pytest.raises(
+        ConfigTypeError, match=r"cfg\.inner: unknown key\(s\) \['rat'\]; expected some of \['rate'"
+    ):
+        build_section(_Outer, {"inner": {"rat": 1.0}}, "cfg")
+
+
+def test_build_section_top_level_names_keys_bare_and_sections_own_errors():
+    with pytest.raises(ConfigTypeError, match=r"^inner\.rate: expected a number, got 'slow'$"):
+        build_section(_Top, {"inner": {"rate": "slow"}}, "")
+    with pytest.raises(ConfigTypeError, match=r"^unknown key\(s\) \['iner'\]"):
+        build_section(_Top, {"iner": {}}, "")
+    with pytest.raises(ConfigTypeError, match=r"^checked: low must be >= 0, got -1\.0$"):
+        build_section(_Top, {"checked": {"low": -1}}, "")
+    assert build_section(_Top, {"checked": None}, "") == _Top()
 
 
 def test_to_plain_leaves_scalars_and_does_not_share_lists():

@@ -21,8 +21,8 @@ def _python_tag(marker: Path) -> str:
 
 # case -> (config text per command or a callable of the marker path, words the message must contain)
 TRAIN_CASES = {
-    "unknown_key": ("training:\n  lrr: 0.1\n", ("'training.lrr'", "not a known setting")),
-    "wrong_type": ("training:\n  lr: fast\n", ("'training.lr'", "fast")),
+    "unknown_key": ("training:\n  lrr: 0.1\n", ("training: unknown key(s) ['lrr']",)),
+    "wrong_type": ("training:\n  lr: fast\n", ("training.lr: expected a number", "fast")),
     "unknown_section": ("trainin:\n  lr: 0.1\n", ("trainin",)),
     "not_a_mapping": ("- just\n- a list\n", ("top level must be a mapping",)),
     "python_tag": (lambda m: f"training:\n  lr: !!python/object/apply:os.system ['touch {m}']\n", ("not valid YAML", "python/object")),
