@@ -174,12 +174,6 @@ class BapConfig:
         _validate(self)
 
 
-_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-}
 _CHOICES = {
     ("train", "loss"): ("l1", "sfcn_kl"),
     ("train", "optimizer"): ("adamw", "sgd"),
@@ -244,19 +238,15 @@ def _validate(cfg: BapConfig) -> None:
         raise ValueError("config train.epochs, train.batch_size and train.val_smoothing must be >= 1")
 
 
-def _section(cls: type, values: Any, name: str) -> Any:
-    return build_section(cls, values, name)
-
-
 def config_from_dict(raw: dict[str, Any] | None) -> BapConfig:
-    """Build a :class:`BapConfig` from a nested dict, refusing unknown sections and keys."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
+    """Build a :class:`BapConfig` from a nested dict, refusing unknown sections and keys.
+
+    Raises:
+        ValueError: (:class:`flowlet.data.config.ConfigTypeError`) naming the section or dotted key.
+    """
+    if raw is not None and not isinstance(raw, dict):
         raise ValueError(f"config must be a mapping of sections, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; allowed: {sorted(_SECTIONS)}")
-    return BapConfig(**{name: _section(cls, raw.get(name), name) for name, cls in _SECTIONS.items()})
+    return build_section(BapConfig, raw, "")
 
 
 def config_to_dict(cfg: BapConfig) -> dict[str, Any]:

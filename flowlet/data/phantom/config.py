@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from flowlet.data.config import to_plain
 
 __all__ = ["STRUCTURES", "LifespanCurve", "PhantomConfig", "SiteContrast"]
 
@@ -136,7 +137,7 @@ class PhantomConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-serialisable), written next to every generated cohort."""
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
 
 def _fields_from_yaml(raw: dict[str, Any]) -> dict[str, Any]:
