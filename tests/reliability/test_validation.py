@@ -559,7 +559,7 @@ def test_bap_predict_output_is_spreadsheet_safe(cli, tmp_path, bap_checkpoint):
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("quality:\n  alpha: 0\n", "quality.alpha = 0; expected a number in (0, 1]"),
+        ("quality:\n  alpha: 0\n", "quality.alpha = 0.0; expected a number in (0, 1]"),
         ("voxel_size: .inf\n", "voxel_size: expected a finite number"),
         ("segmentation:\n  n_iter: 0\n", "segmentation.n_iter = 0; expected a number in [1, 1000]"),
     ],
