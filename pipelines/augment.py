@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from pipelines.arguments import (
@@ -132,14 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 @dataclass(frozen=True)
-class AugmentOptions:
-    """Everything an augmentation needs besides the real ages (the CLI flags, as a config)."""
+class GenerationSettings:
+    """What to generate: the target histogram, the budget and the sampler (shared by ``flowlet-augment`` and a
+    study's ``augment`` section, which changes some defaults)."""
 
-    checkpoint: str
-    out: str
     target_hist: str = "uniform"
     bin_width: float = 5.0
-    bins: tuple[float, ...] | None = None
     synthetic_ratio: float | None = None
     max_synthetic: int | None = None
     min_per_bin: int = 0
@@ -150,6 +148,15 @@ class AugmentOptions:
     time_grid: str | None = None
     guidance_scale: float = 1.0
     batch_size: int | str = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentOptions(GenerationSettings):
+    """Everything an augmentation needs besides the real ages (the CLI flags, as a config)."""
+
+    checkpoint: str
+    out: str
+    bins: tuple[float, ...] | None = None
     save_size: tuple[int, int, int] | None = None
     affine: str = "mni"
     shard: str = "0/1"
@@ -307,19 +314,8 @@ def run(args: argparse.Namespace) -> int:
     options = AugmentOptions(
         checkpoint=args.checkpoint,
         out=args.out,
-        target_hist=args.target_hist,
-        bin_width=args.bin_width,
+        **{f.name: getattr(args, f.name) for f in fields(GenerationSettings)},
         bins=tuple(args.bins) if args.bins else None,
-        synthetic_ratio=args.synthetic_ratio,
-        max_synthetic=args.max_synthetic,
-        min_per_bin=args.min_per_bin,
-        allow_extrapolation=args.allow_extrapolation,
-        seed=args.seed,
-        solver=args.solver,
-        steps=args.steps,
-        time_grid=args.time_grid,
-        guidance_scale=args.guidance_scale,
-        batch_size=args.batch_size,
         save_size=tuple(args.save_size) if args.save_size else None,
         affine=args.affine,
         shard=args.shard or shard_from_environment(),

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from flowlet.data.config import ConfigTypeError, build_section, to_plain
+from pipelines.augment import GenerationSettings
 
 __all__ = ["StudyConfig", "StudyConfigError", "load_study_config", "study_config_from_dict"]
 
@@ -92,18 +93,11 @@ class GeneratorSection:
 
 
 @dataclass(frozen=True)
-class AugmentSection:
-    target_hist: str = "uniform"
+class AugmentSection(GenerationSettings):
+    """:class:`pipelines.augment.GenerationSettings` with the study's defaults (10-year bins, ratio 1)."""
+
     bin_width: float = 10.0
     synthetic_ratio: float | None = 1.0
-    max_synthetic: int | None = None
-    min_per_bin: int = 0
-    allow_extrapolation: bool = False
-    seed: int = 0
-    solver: str = "midpoint"
-    steps: int = 10
-    time_grid: str | None = None
-    guidance_scale: float = 1.0
     batch_size: int = 8
 
 

@@ -208,7 +208,9 @@ def train_generator(ctx: StageContext, config: StudyConfig) -> Path:
 
 
 def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
-    from pipelines.augment import AugmentOptions, augment
+    from dataclasses import fields
+
+    from pipelines.augment import AugmentOptions, GenerationSettings, augment
 
     a = config.augment
     table = split_table(ctx)
@@ -218,18 +220,7 @@ def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     options = AugmentOptions(
         checkpoint=str(stage_output(ctx, "generator", "checkpoint")),
         out=str(folder),
-        target_hist=a.target_hist,
-        bin_width=a.bin_width,
-        synthetic_ratio=a.synthetic_ratio,
-        max_synthetic=a.max_synthetic,
-        min_per_bin=a.min_per_bin,
-        allow_extrapolation=a.allow_extrapolation,
-        seed=a.seed,
-        solver=a.solver,
-        steps=a.steps,
-        time_grid=a.time_grid,
-        guidance_scale=a.guidance_scale,
-        batch_size=a.batch_size,
+        **{f.name: getattr(a, f.name) for f in fields(GenerationSettings)},
         config_path=generator.get("config_path"),
         condition_ranges_path=generator.get("condition_ranges_path"),
         overwrite=True,  # the stage reruns because its settings changed or it was killed: same settings resume
