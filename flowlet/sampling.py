@@ -231,8 +231,8 @@ def iter_generate(
     ages: Sequence[float] | Mapping[str, Sequence[float]],
     seeds: Sequence[int],
     config: SamplingConfig,
-    progress: bool = True,
     *,
+    progress: bool = True,
     noise: Tensor | None = None,
 ) -> Iterator[GeneratedBatch]:
     """Yield final Haar-space states batch by batch (memory is bounded by ``config.batch_size``).
@@ -280,12 +280,12 @@ def generate_wavelets(
     ages: Sequence[float] | Mapping[str, Sequence[float]],
     seeds: Sequence[int],
     config: SamplingConfig,
-    progress: bool = True,
     *,
+    progress: bool = True,
     noise: Tensor | None = None,
 ) -> Tensor:
     """All final Haar-space states ``(len(seeds), 8, d, h, w)`` float32 on the CPU (see :func:`iter_generate`)."""
-    batches = list(iter_generate(bundle, ages, seeds, config, progress, noise=noise))
+    batches = list(iter_generate(bundle, ages, seeds, config, progress=progress, noise=noise))
     return torch.cat([b.wavelets for b in batches])
 
 

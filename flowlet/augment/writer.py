@@ -301,7 +301,7 @@ def write_augmentation(
 
         def generate(indices: list[int], batch_seeds: list[int]) -> np.ndarray:
             wavelets = next(
-                iter_generate(bundle, ages[indices].tolist(), batch_seeds, sampling_config, False)
+                iter_generate(bundle, ages[indices].tolist(), batch_seeds, sampling_config, progress=False)
             )
             return decode_and_export(wavelets.wavelets, save_size)
 

@@ -54,7 +54,7 @@ def test_official_flags_give_the_official_layout_and_data(tmp_path):
     # The file holds exactly the library's output for the same seeds (official Euler chosen automatically).
     bundle = load_bundle(CKPT)
     wave = generate_wavelets(
-        bundle, [30.0, 30.0], sample_seeds(5, 2), SamplingConfig(solver="euler", num_steps=1), False
+        bundle, [30.0, 30.0], sample_seeds(5, 2), SamplingConfig(solver="euler", num_steps=1), progress=False
     )
     assert np.array_equal(data, decode_and_export(wave, (27, 30, 27))[1])
     meta = json.loads((out / "generation.json").read_text())

@@ -132,15 +132,15 @@ def test_batch_size_does_not_change_samples(official_model):
     seeds = sample_seeds(7, 3)
     ages = [20.0, 50.0, 80.0]
     one = generate_wavelets(
-        bundle, ages, seeds, SamplingConfig(solver="euler", num_steps=2, batch_size=1), False
+        bundle, ages, seeds, SamplingConfig(solver="euler", num_steps=2, batch_size=1), progress=False
     )
     three = generate_wavelets(
-        bundle, ages, seeds, SamplingConfig(solver="euler", num_steps=2, batch_size=3), False
+        bundle, ages, seeds, SamplingConfig(solver="euler", num_steps=2, batch_size=3), progress=False
     )
     torch.testing.assert_close(one, three, rtol=0, atol=1e-5)
     # Any subset regenerates alone.
     alone = generate_wavelets(
-        bundle, ages[1:2], seeds[1:2], SamplingConfig(solver="euler", num_steps=2), False
+        bundle, ages[1:2], seeds[1:2], SamplingConfig(solver="euler", num_steps=2), progress=False
     )
     torch.testing.assert_close(alone, one[1:2], rtol=0, atol=1e-5)
 
@@ -150,7 +150,11 @@ def test_ablations_change_the_output(official_model):
     seeds = sample_seeds(3, 2)
     out = {
         name: generate_wavelets(
-            bundle, [30.0, 80.0], seeds, SamplingConfig(solver="euler", num_steps=1, ablation=name), False
+            bundle,
+            [30.0, 80.0],
+            seeds,
+            SamplingConfig(solver="euler", num_steps=1, ablation=name),
+            progress=False,
         )
         for name in ("baseline", "film_only", "crossattn_only", "unconditional")
     }
@@ -164,7 +168,7 @@ def test_ablations_change_the_output(official_model):
         [80.0, 30.0],
         seeds,
         SamplingConfig(solver="euler", num_steps=1, ablation="unconditional"),
-        False,
+        progress=False,
     )
     torch.testing.assert_close(swapped, out["unconditional"], rtol=0, atol=1e-6)
 
@@ -175,14 +179,14 @@ def test_seeds_pair_noise_across_ablations_and_subsets():
     assert seeds == [sample_seed(42, i) for i in range(4)]
     assert len(set(seeds)) == 4 and all(0 <= s < 2**63 for s in seeds)
     assert sample_seed(42, 0) != sample_seed(43, 0)
-    base = generate_wavelets(bundle, [40.0] * 4, seeds, SamplingConfig(batch_size=3), False)
+    base = generate_wavelets(bundle, [40.0] * 4, seeds, SamplingConfig(batch_size=3), progress=False)
     assert base.shape == (4, 8, 2, 3, 4)
     torch.testing.assert_close(base, initial_noise(seeds, (8, 2, 3, 4)), rtol=0, atol=0)
     film = generate_wavelets(
-        bundle, [40.0] * 4, seeds, SamplingConfig(batch_size=2, ablation="film_only"), False
+        bundle, [40.0] * 4, seeds, SamplingConfig(batch_size=2, ablation="film_only"), progress=False
     )
     assert torch.equal(base, film)
-    part = generate_wavelets(bundle, [40.0], seeds[2:3], SamplingConfig(), False)
+    part = generate_wavelets(bundle, [40.0], seeds[2:3], SamplingConfig(), progress=False)
     assert torch.equal(part[0], base[2])
 
 
@@ -241,7 +245,9 @@ def test_missing_model_condition_gets_mid_range(caplog):
     bundle = _bundle(Spy(names=("Age", "Sex")), input_size=(2, 2, 2), save_size=(2, 2, 2))
     bundle.condition_ranges = {"Age": (0.0, 100.0), "Sex": (0.0, 1.0)}
     with caplog.at_level(logging.WARNING, logger="flowlet.sampling"):
-        generate_wavelets(bundle, {"Age": [25.0], "Site": [3.0]}, [0], SamplingConfig(num_steps=1), False)
+        generate_wavelets(
+            bundle, {"Age": [25.0], "Site": [3.0]}, [0], SamplingConfig(num_steps=1), progress=False
+        )
     assert seen["Age"].item() == pytest.approx(0.25) and seen["Sex"].item() == 0.5
     assert "Site" in caplog.text and "'Sex'" in caplog.text
 

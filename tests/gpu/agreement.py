@@ -74,13 +74,13 @@ def sampling_error(
     shape = (bundle.model_config.in_channels, *(s // 2 for s in bundle.model_input_size))
     noise = torch.randn(2, *shape, generator=torch.Generator().manual_seed(4))
     reference = generate_wavelets(
-        bundle, ages, seeds, SamplingConfig(num_steps=steps, device="cpu"), False, noise=noise
+        bundle, ages, seeds, SamplingConfig(num_steps=steps, device="cpu"), progress=False, noise=noise
     )
     config = SamplingConfig(
         num_steps=steps, device=device, autocast_dtype=None if precision == "fp32" else precision
     )
     with _cpu_autocast(device, precision):
-        result = generate_wavelets(candidate, ages, seeds, config, False, noise=noise)
+        result = generate_wavelets(candidate, ages, seeds, config, progress=False, noise=noise)
     candidate.model.to("cpu")
     return relative_error(result - noise, reference - noise)
 
@@ -151,7 +151,9 @@ def official_fixture_errors(device: str) -> dict[str, float]:
             velocity["x"].to(device), velocity["t"].to(device), {"Age": velocity["age_norm"].to(device)}
         )
     config = SamplingConfig(solver="euler", num_steps=sample["num_flow_steps"], device=device)
-    x_1 = generate_wavelets(bundle, sample["ages_years_list"], [0, 1], config, False, noise=sample["x0"])
+    x_1 = generate_wavelets(
+        bundle, sample["ages_years_list"], [0, 1], config, progress=False, noise=sample["x0"]
+    )
     image = idwt3d(x_1.to(device)).cpu()
     bundle.model.to("cpu")
     return {

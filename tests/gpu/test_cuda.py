@@ -89,7 +89,7 @@ def test_the_memory_probe_choice_fits():
     before = torch.cuda.memory_allocated()
     ages = [50.0] * batch
     config = SamplingConfig(num_steps=1, device=CUDA, batch_size=batch)
-    out = generate_wavelets(bundle, ages, sample_seeds(0, batch), config, False)
+    out = generate_wavelets(bundle, ages, sample_seeds(0, batch), config, progress=False)
     peak = torch.cuda.max_memory_allocated() - before
     assert out.shape[0] == batch and torch.isfinite(out).all()
     # The probe measures one network call (its input and output included); the midpoint solver also keeps the
