@@ -3,7 +3,8 @@ import pytest
 from scipy import ndimage
 
 from analysis.metrics import dice
-from analysis.segmentation import TISSUES, TissueSegmenter
+from analysis.segmentation import TissueSegmenter
+from analysis.tissue_maps import TISSUES
 from flowlet.data.grid import Grid
 from flowlet.data.nifti import Volume
 
@@ -123,7 +124,8 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     """``volumes="labels"`` (voxel counts, as FreeSurfer and DLMUSE count) against the default fractions."""
     import pandas as pd
 
-    from analysis.volumetrics import WHOLE_BRAIN, RegionVolumetrics
+    from analysis.region_volumes import WHOLE_BRAIN
+    from analysis.volumetrics import RegionVolumetrics
     from flowlet.data.templates import Atlas
 
     image, fractions = _partial_volume_phantom(7.6, 1)
