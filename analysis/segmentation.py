@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
@@ -37,7 +38,7 @@ _GMM_SAMPLE = 5000
 _MIXED: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 3))
 
 
-class TissueSegmenter:
+class TissueSegmenter(BaseEstimator):
     """Prior-guided Gaussian-mixture tissue segmentation (scikit-learn estimator style).
 
     Args:
@@ -153,7 +154,10 @@ class TissueSegmenter:
         mask = self.mask_ & np.isfinite(x)
         if self.method == "atropos":
             post = _atropos(x, mask, stack[1:], self.prior_weight)
-            means, variances, bias = {}, {}, np.zeros(int(mask.sum()))
+            # Atropos returns posteriors only; their weighted moments are the class parameters, as in the EM, so
+            # these maps can start another pass too. Atropos estimates no bias field here (log bias 0).
+            means, variances = _class_parameters(*_weighted_moments(x[mask], post))
+            bias = np.zeros(int(mask.sum()))
         else:
             fixed_bias = None if log_bias is None else np.asarray(log_bias, np.float64)[mask]
             params = None if start is None else (start.class_means(), start.class_variances())
@@ -215,8 +219,7 @@ class TissueSegmenter:
             if estimate_bias and it < n_iter - 1:
                 log_bias = self._bias(values, post[:4], mu, mask)
         fractions = _fractions(y, post, mu) if self.partial_volume else post[:4]
-        names = ("background", *TISSUES)
-        return fractions, dict(zip(names, mu.tolist())), dict(zip(names, var.tolist())), log_bias
+        return fractions, *_class_parameters(mu, var), log_bias
 
     def _posteriors(self, y: np.ndarray, prior: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Class posteriors ``(4 + M, V)``: 4 pure classes, then the mixed classes of :data:`_MIXED` if enabled."""
@@ -284,6 +287,12 @@ class TissueSegmenter:
         return gmm.means_[:, 0], np.maximum(gmm.covariances_[:, 0], 1e-12)
 
 
+def _class_parameters(mu: np.ndarray, var: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """``(4,)`` class means and variances as ``{"background", "csf", "gm", "wm"}`` dictionaries."""
+    names = ("background", *TISSUES)
+    return dict(zip(names, mu.tolist())), dict(zip(names, var.tolist()))
+
+
 def _unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     full = np.zeros(mask.shape, np.float32)
     full[mask] = values
@@ -336,8 +345,8 @@ def _atropos(x: np.ndarray, mask: np.ndarray, priors: np.ndarray, prior_weight: 
         a=image,
         x=ants_mask,
         i=prior_images,
-        m="[0.2,1x1x1]",
-        c="[5,0]",
+        m="[0.2,1x1x1]",  # Markov random field: smoothing factor 0.2 over the 1-voxel neighbourhood
+        c="[5,0]",  # 5 iterations (convergence threshold 0: never stops early)
         priorweight=float(np.clip(prior_weight, 0.0, 1.0)),
     )
     tissue = np.stack([p.numpy()[mask] for p in out["probabilityimages"]])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from analysis.region_volumes import COLUMNS, region_tissue_table
@@ -175,20 +176,8 @@ class RegionVolumetrics:
         priors = {t: block_mean(p, k) for t, p in zip(TISSUES, seg.tissue_priors_)}
         grid = Grid(shape=priors["csf"].shape, affine=affine)
         self.coarse_factor_ = k
-        params = {
-            name: getattr(seg, name)
-            for name in (
-                "prior_weight",
-                "n_iter",
-                "mask_threshold",
-                "margin_mm",
-                "prior_floor",
-                "bias_sigma_mm",
-                "partial_volume",
-                "random_state",
-            )
-        }
-        self.coarse_segmenter_ = TissueSegmenter(grid=grid, priors=priors, **params).fit()
+        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass).
+        self.coarse_segmenter_ = clone(seg).set_params(grid=grid, priors=priors, method="gmm").fit()
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
         self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 

@@ -165,3 +165,39 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     )
     with pytest.raises(ValueError, match="unknown volumes"):
         RegionVolumetrics(atlas, volumes="counts")
+
+
+def test_atropos_maps_carry_class_parameters_that_can_start_the_mixture_model():
+    pytest.importorskip("ants")
+    labels = _truth()
+    image = Volume(np.where(labels > 0, _image(labels, 2), 0.0).astype(np.float32), GRID.affine)
+    atropos = TissueSegmenter(grid=GRID, priors=_priors(labels), method="atropos").fit().transform(image)
+    assert set(atropos.means) == set(atropos.variances) == {"background", *TISSUES}
+    assert np.all(np.isfinite(atropos.class_means())) and np.all(atropos.class_variances() > 0)
+    assert atropos.means["csf"] < atropos.means["gm"] < atropos.means["wm"]
+    maps = TissueSegmenter(grid=GRID, priors=_priors(labels)).fit().transform(image, start=atropos)
+    hard = maps.hard_labels()
+    for k, tissue in enumerate(TISSUES):
+        assert dice(hard == k + 1, labels == k + 1) > 0.9, tissue
+
+
+def test_the_coarse_registration_pass_keeps_the_segmenter_settings():
+    import pandas as pd
+
+    from analysis.volumetrics import RegionVolumetrics
+    from flowlet.data.templates import Atlas
+
+    labels = _truth()
+    atlas = Atlas(
+        name="s", labels=labels, affine=GRID.affine, table=pd.DataFrame({"index": [1], "name": ["s"]})
+    )
+    settings = {"prior_weight": 0.7, "n_iter": 3, "margin_mm": 5.0, "prior_floor": 0.1, "random_state": 4}
+    segmenter = TissueSegmenter(grid=GRID, priors=_priors(labels), partial_volume=False, **settings)
+    vol = RegionVolumetrics(atlas, grid=GRID, segmenter=segmenter).fit()
+    coarse = vol.coarse_segmenter_
+    assert coarse.get_params() | {"grid": None, "priors": None} == segmenter.get_params() | {
+        "grid": None,
+        "priors": None,
+    }
+    assert coarse.grid_.shape == (12, 12, 12) and coarse.grid_.voxel_sizes == pytest.approx((4.0,) * 3)
+    assert coarse is not segmenter and segmenter.grid is GRID
