@@ -16,9 +16,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analysis.metrics.image import handcrafted_features, percentile_to_unit
-from analysis.segmentation import TISSUES, on_grid
+from analysis.region_volumes import combine_regions, region_tissue_table
+from analysis.tissue_maps import TISSUES, on_grid
 from analysis.validation import tissue_dice, truth_tissue_paths
-from analysis.volumetrics import RegionVolumetrics, combine_regions, region_tissue_table
+from analysis.volumetrics import RegionVolumetrics
 from flowlet.data.cohort import read_image
 from flowlet.data.keys import AGE, PATH, SEX, SITE, SUBJECT_ID
 

@@ -3,123 +3,42 @@
 Model: inside a (generously dilated) brain mask, each voxel intensity ``x`` comes from one of four Gaussian classes
 (background, CSF, GM, WM) with image-specific means and variances; the class probabilities at each voxel are the
 template tissue priors (ICBM152 GM/WM maps, CSF = brain − GM − WM, background = 1 − brain), mixed with a small
-uniform floor so that a brain larger or shifted relative to the template is still segmented. A scikit-learn ``GaussianMixture`` is first fitted to the masked
-intensities, initialised from prior-weighted class means (so no intensity order is assumed and any scale works:
-real scanner units, [0, 1] synthetic images, phantoms); then a few EM iterations with the spatial priors give
-posteriors ``p(k | x, voxel) ∝ prior_k(voxel)^w · N(x; μ_k, σ_k)``. Where ``antspyx`` is installed, ANTs Atropos
-can be chosen instead (``method="atropos"``); it is never required.
+uniform floor so that a brain larger or shifted relative to the template is still segmented. A scikit-learn
+``GaussianMixture`` is first fitted to the masked intensities, initialised from prior-weighted class means (so no
+intensity order is assumed and any scale works: real scanner units, [0, 1] synthetic images, phantoms); then a few
+EM iterations with the spatial priors give posteriors ``p(k | x, voxel) ∝ prior_k(voxel)^w · N(x; μ_k, σ_k)``.
+Where ``antspyx`` is installed, ANTs Atropos can be chosen instead (``method="atropos"``); it is never required.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from flowlet.data.nifti import Volume, voxel_volume_mm3
+from analysis.tissue_maps import TISSUES, TissueMaps, on_grid
+from flowlet.data.nifti import Volume
+
+if TYPE_CHECKING:
+    from flowlet.data.grid import Grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TISSUES", "LabelTissueSegmenter", "TissueMaps", "TissueSegmenter", "on_grid"]
+__all__ = ["TissueSegmenter"]
 
-#: Tissue classes, in the order of hard labels 1, 2, 3.
-TISSUES: tuple[str, ...] = ("csf", "gm", "wm")
 _EPS = 1e-6
 _GMM_SAMPLE = 5000
 #: Anatomically adjacent class pairs (indices into background, CSF, GM, WM) that share partial-volume voxels.
 _MIXED: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 3))
 
 
-@dataclass(frozen=True)
-class TissueMaps:
-    """Tissue probability maps of one image.
-
-    Attributes:
-        probabilities: ``{"csf", "gm", "wm"}`` → ``(X, Y, Z)`` float32 in [0, 1] (their sum is the probability of
-            brain tissue, ≤ 1; 0 outside the mask).
-        mask: ``(X, Y, Z)`` bool brain mask.
-        affine: ``(4, 4)`` voxel-to-world matrix of the maps.
-        intensity: ``(X, Y, Z)`` float32 image the maps were computed from (on the same grid).
-        means: fitted class means (image units), by class (background, csf, gm, wm).
-        variances: fitted class variances, by class.
-        log_bias: ``(X, Y, Z)`` estimated log multiplicative bias field (0 outside the mask), if any.
-    """
-
-    probabilities: dict[str, np.ndarray]
-    mask: np.ndarray
-    affine: np.ndarray
-    intensity: np.ndarray
-    means: dict[str, float] = field(default_factory=dict)
-    variances: dict[str, float] = field(default_factory=dict)
-    log_bias: np.ndarray | None = None
-
-    def class_means(self) -> np.ndarray:
-        """``(4,)`` means of background, CSF, GM, WM (for starting another EM)."""
-        return np.array([self.means[k] for k in ("background", *TISSUES)])
-
-    def class_variances(self) -> np.ndarray:
-        """``(4,)`` variances of background, CSF, GM, WM."""
-        return np.array([self.variances[k] for k in ("background", *TISSUES)])
-
-    @property
-    def voxel_volume_mm3(self) -> float:
-        return voxel_volume_mm3(self.affine)
-
-    def hard_labels(self) -> np.ndarray:
-        """``(X, Y, Z)`` uint8: 0 where background is most likely (or outside the mask), else 1 + argmax over
-        :data:`TISSUES`."""
-        stack = np.stack([self.probabilities[t] for t in TISSUES])
-        background = 1.0 - stack.sum(0)
-        best = stack.argmax(0)
-        brain = self.mask & (np.take_along_axis(stack, best[None], 0)[0] > background)
-        return np.where(brain, best + 1, 0).astype(np.uint8)
-
-    def as_labels(self) -> TissueMaps:
-        """The same maps with every voxel given wholly to its most likely class (:meth:`hard_labels`).
-
-        Volumes then become voxel counts × voxel volume, as in label-based tools (FreeSurfer, MUSE/DLMUSE):
-        a voxel that is 60 % GM and 40 % CSF counts as one GM voxel instead of 0.6.
-        """
-        hard = self.hard_labels()
-        return replace(
-            self, probabilities={t: (hard == k + 1).astype(np.float32) for k, t in enumerate(TISSUES)}
-        )
-
-    def volumes_mm3(self) -> dict[str, float]:
-        """Total volume of each tissue: Σ probability × voxel volume."""
-        return {
-            t: float(self.probabilities[t].sum(dtype=np.float64) * self.voxel_volume_mm3) for t in TISSUES
-        }
-
-
-def on_grid(volume: Volume, grid, *, interpolation: str = "linear") -> Volume:
-    """Return ``volume`` on ``grid``, resampling (and logging that it did) when it is not already there.
-
-    Args:
-        volume: the image.
-        grid: a :class:`flowlet.data.grid.Grid`.
-        interpolation: ``"linear"`` for intensities, ``"nearest"`` for labels.
-    """
-    from flowlet.data.grid import resample_to_grid, same_grid
-
-    if same_grid(volume.affine, volume.shape, grid.affine, grid.shape):
-        return volume
-    logger.warning(
-        "%s: image grid %s differs from the atlas/template grid %s; resampling (%s) onto it",
-        volume.path or "image",
-        volume.shape,
-        grid.shape,
-        interpolation,
-    )
-    return resample_to_grid(volume, grid, interpolation=interpolation)
-
-
-class TissueSegmenter:
+class TissueSegmenter(BaseEstimator):
     """Prior-guided Gaussian-mixture tissue segmentation (scikit-learn estimator style).
 
     Args:
@@ -147,7 +66,7 @@ class TissueSegmenter:
     def __init__(
         self,
         *,
-        grid=None,
+        grid: Grid | None = None,
         priors: dict[str, np.ndarray] | None = None,
         prior_weight: float = 1.0,
         n_iter: int = 8,
@@ -235,7 +154,10 @@ class TissueSegmenter:
         mask = self.mask_ & np.isfinite(x)
         if self.method == "atropos":
             post = _atropos(x, mask, stack[1:], self.prior_weight)
-            means, variances, bias = {}, {}, np.zeros(int(mask.sum()))
+            # Atropos returns posteriors only; their weighted moments are the class parameters, as in the EM, so
+            # these maps can start another pass too. Atropos estimates no bias field here (log bias 0).
+            means, variances = _class_parameters(*_weighted_moments(x[mask], post))
+            bias = np.zeros(int(mask.sum()))
         else:
             fixed_bias = None if log_bias is None else np.asarray(log_bias, np.float64)[mask]
             params = None if start is None else (start.class_means(), start.class_variances())
@@ -297,8 +219,7 @@ class TissueSegmenter:
             if estimate_bias and it < n_iter - 1:
                 log_bias = self._bias(values, post[:4], mu, mask)
         fractions = _fractions(y, post, mu) if self.partial_volume else post[:4]
-        names = ("background", *TISSUES)
-        return fractions, dict(zip(names, mu.tolist())), dict(zip(names, var.tolist())), log_bias
+        return fractions, *_class_parameters(mu, var), log_bias
 
     def _posteriors(self, y: np.ndarray, prior: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Class posteriors ``(4 + M, V)``: 4 pure classes, then the mixed classes of :data:`_MIXED` if enabled."""
@@ -366,6 +287,12 @@ class TissueSegmenter:
         return gmm.means_[:, 0], np.maximum(gmm.covariances_[:, 0], 1e-12)
 
 
+def _class_parameters(mu: np.ndarray, var: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """``(4,)`` class means and variances as ``{"background", "csf", "gm", "wm"}`` dictionaries."""
+    names = ("background", *TISSUES)
+    return dict(zip(names, mu.tolist())), dict(zip(names, var.tolist()))
+
+
 def _unmask(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     full = np.zeros(mask.shape, np.float32)
     full[mask] = values
@@ -408,6 +335,8 @@ def _require_ants():
 
 
 def _atropos(x: np.ndarray, mask: np.ndarray, priors: np.ndarray, prior_weight: float) -> np.ndarray:
+    """ANTs Atropos posteriors ``(4, V)`` (background, CSF, GM, WM) at the masked voxels, from ``(3, X, Y, Z)``
+    CSF/GM/WM priors."""
     ants = _require_ants()
     image = ants.from_numpy(x.astype(np.float32))
     ants_mask = ants.from_numpy(mask.astype(np.float32))
@@ -416,45 +345,12 @@ def _atropos(x: np.ndarray, mask: np.ndarray, priors: np.ndarray, prior_weight: 
         a=image,
         x=ants_mask,
         i=prior_images,
-        m="[0.2,1x1x1]",
-        c="[5,0]",
+        m="[0.2,1x1x1]",  # Markov random field: smoothing factor 0.2 over the 1-voxel neighbourhood
+        c="[5,0]",  # 5 iterations (convergence threshold 0: never stops early)
         priorweight=float(np.clip(prior_weight, 0.0, 1.0)),
     )
     tissue = np.stack([p.numpy()[mask] for p in out["probabilityimages"]])
     return np.concatenate([np.clip(1.0 - tissue.sum(0), 0.0, 1.0)[None], tissue])
-
-
-class LabelTissueSegmenter:
-    """Tissue maps from a discrete tissue label image (ground truth, or an external segmentation).
-
-    Args:
-        mapping: tissue → label values, e.g. ``{"csf": [1], "gm": [2], "wm": [3]}``.
-    """
-
-    #: Label images must be resampled with nearest-neighbour interpolation.
-    interpolation = "nearest"
-
-    def __init__(self, mapping: dict[str, list[int]] | None = None) -> None:
-        self.mapping = mapping or {"csf": [1], "gm": [2], "wm": [3]}
-
-    def fit(self, X=None, y=None) -> LabelTissueSegmenter:
-        unknown = sorted(set(self.mapping) - set(TISSUES))
-        if unknown:
-            raise ValueError(f"mapping: unknown tissue(s) {unknown}; choose from {list(TISSUES)}")
-        self.grid_ = None
-        return self
-
-    def transform(self, volume: Volume) -> TissueMaps:
-        """One-hot tissue maps of the label image ``volume`` (its own grid)."""
-        labels = np.rint(np.asarray(volume.data)).astype(np.int64)
-        maps = {t: np.isin(labels, self.mapping.get(t, [])).astype(np.float32) for t in TISSUES}
-        mask = np.any(np.stack(list(maps.values())) > 0, axis=0)
-        return TissueMaps(
-            probabilities=maps,
-            mask=mask,
-            affine=np.asarray(volume.affine, np.float64),
-            intensity=np.asarray(volume.data, np.float32),
-        )
 
 
 def _normalised(weights: np.ndarray) -> np.ndarray:

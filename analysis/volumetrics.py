@@ -1,21 +1,21 @@
-"""Region volumetrics: GM, WM and CSF volume (mm³) and mean intensity in every atlas region.
+"""Region volumetrics: GM, WM and CSF volume (mm³) and mean intensity in every atlas region of brain images.
 
-Volume of a tissue in a region = Σ over the region's voxels of the tissue probability × the voxel volume
-``|det(affine[:3, :3])|``; with hard (0/1) maps this is exactly voxel count × voxel volume. Every atlas region gets
-a row per tissue (``csf``, ``gm``, ``wm``) and an ``all`` row (sum of the three), plus a ``whole-brain`` pseudo-region
-(index 0) over the whole brain mask, which gives total GM/WM/CSF.
+:class:`RegionVolumetrics` segments each image (:mod:`analysis.segmentation`), carries the atlas onto it by
+registration (:mod:`analysis.registration`) and tabulates the volumes (:mod:`analysis.region_volumes`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from analysis.region_volumes import COLUMNS, region_tissue_table
 from analysis.registration import (
     block_mean,
     demons_register,
@@ -24,198 +24,17 @@ from analysis.registration import (
     upsample_displacement,
     warp,
 )
-from analysis.segmentation import TISSUES, TissueMaps, TissueSegmenter, on_grid
+from analysis.segmentation import TissueSegmenter
+from analysis.tissue_maps import TISSUES, TissueMaps, on_grid
 from flowlet.data.keys import SUBJECT_ID
-from flowlet.data.nifti import Volume, voxel_volume_mm3
+from flowlet.data.nifti import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "WHOLE_BRAIN",
-    "RegionVolumetrics",
-    "add_native_volumes",
-    "combine_regions",
-    "intracranial_table",
-    "label_volumes",
-    "native_scaling",
-    "region_tissue_table",
-]
-
-#: Name of the pseudo-region (index 0) that covers the whole brain mask.
-WHOLE_BRAIN = "whole-brain"
-TOTAL = "all"
-COLUMNS: tuple[str, ...] = (SUBJECT_ID, "region_index", "region", "tissue", "volume_mm3", "mean_intensity")
-
+__all__ = ["VOLUME_MODES", "RegionVolumetrics", "grow_csf_structures"]
 
 #: How a voxel's tissue adds to a volume (``RegionVolumetrics(volumes=...)``).
 VOLUME_MODES: tuple[str, ...] = ("fractions", "labels")
-
-#: ``scale_source`` values: where the native-space factor of an image came from.
-FROM_PREP = "flowlet-prep determinant"
-UNKNOWN_SCALE = "unknown: native = MNI"
-
-
-def native_scaling(paths: Mapping[str, str]) -> pd.DataFrame:
-    """Per image, the factor from MNI-space to native-space volume: ``|det|`` of the registration's linear part.
-
-    ``flowlet-prep`` records it in each image's JSON sidecar (``FlowletPrep.qc.affine_determinant``; the
-    template → subject map, so native volume = MNI volume × det). Images without that sidecar (phantoms, data
-    prepared elsewhere) get 1 and ``scale_source`` says so: their "native" volumes are the MNI ones.
-
-    Args:
-        paths: ``{image_id: image path}``.
-
-    Returns:
-        ``image_id``, ``determinant``, ``scale_source``, ``brain_mask_native_mm3`` (prep's brain mask volume in
-        native space, NaN when unknown).
-    """
-    from flowlet.data.prep import read_prep_record
-
-    rows = []
-    for image_id, path in paths.items():
-        record = read_prep_record(path)
-        det = record["qc"].get("affine_determinant", np.nan) if record else np.nan
-        known = bool(np.isfinite(det) and det > 0)
-        rows.append(
-            {
-                "image_id": str(image_id),
-                "determinant": float(det) if known else 1.0,
-                "scale_source": FROM_PREP if known else UNKNOWN_SCALE,
-                "brain_mask_native_mm3": record["qc"].get("brain_volume_mm3", np.nan) if record else np.nan,
-            }
-        )
-    return pd.DataFrame(rows, columns=["image_id", "determinant", "scale_source", "brain_mask_native_mm3"])
-
-
-def add_native_volumes(volumes: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataFrame:
-    """Volumes table with ``volume_mni_mm3`` (MNI space: head-size normalised; the ``volume_mm3`` column) and
-    ``volume_native_mm3`` (the subject's own size: MNI × ``determinant``), paired by ``image_id``.
-
-    Raises:
-        ValueError: an image of ``volumes`` has no row in ``scaling``.
-    """
-    missing = sorted(set(volumes["image_id"].astype(str)) - set(scaling["image_id"].astype(str)))
-    if missing:
-        raise ValueError(f"no native-space factor for image(s) {missing[:5]}")
-    factor = scaling.set_index("image_id")["determinant"]
-    out = volumes.copy()
-    det = out["image_id"].astype(str).map(factor).to_numpy(dtype=np.float64)
-    out["volume_mni_mm3"] = out["volume_mm3"].to_numpy(dtype=np.float64)
-    out["volume_native_mm3"] = out["volume_mni_mm3"].to_numpy() * det
-    out["scale_source"] = out["image_id"].astype(str).map(scaling.set_index("image_id")["scale_source"])
-    return out
-
-
-def intracranial_table(volumes: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataFrame:
-    """Total intracranial volume per image: the whole-brain region (GM + WM + CSF), in MNI and native space.
-
-    Args:
-        volumes: output of :func:`add_native_volumes`.
-        scaling: output of :func:`native_scaling`.
-
-    Returns:
-        ``image_id``, ``subject_id``, ``icv_mni_mm3``, ``icv_native_mm3``, ``determinant``, ``scale_source``,
-        ``brain_mask_native_mm3``.
-    """
-    rows = volumes[(volumes["region"] == WHOLE_BRAIN) & (volumes["tissue"] == TOTAL)]
-    table = rows[["image_id", SUBJECT_ID, "volume_mni_mm3", "volume_native_mm3"]].rename(
-        columns={"volume_mni_mm3": "icv_mni_mm3", "volume_native_mm3": "icv_native_mm3"}
-    )
-    return table.merge(scaling, on="image_id", how="left").reset_index(drop=True)
-
-
-def label_volumes(
-    labels: np.ndarray, affine: np.ndarray, *, names: Mapping[int, str] | None = None
-) -> pd.DataFrame:
-    """Exact volume of every non-zero label: voxel count × ``|det(affine[:3, :3])|``.
-
-    Args:
-        labels: ``(X, Y, Z)`` integer label image.
-        affine: ``(4, 4)`` voxel-to-world matrix (any voxel shape, including anisotropic or oblique).
-        names: optional ``{index: name}``; named labels absent from the image get a row with 0 voxels.
-
-    Returns:
-        ``region_index``, ``region``, ``n_voxels``, ``volume_mm3``, sorted by index.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected a 3D integer array, got {labels.ndim}D {labels.dtype}")
-    index, counts = np.unique(labels[labels != 0], return_counts=True)
-    count = dict(zip(index.tolist(), counts.tolist()))
-    wanted = sorted(set(count) | set(names or {}))
-    vv = voxel_volume_mm3(affine)
-    return pd.DataFrame(
-        {
-            "region_index": np.asarray(wanted, np.int64),
-            "region": [(names or {}).get(i, str(i)) for i in wanted],
-            "n_voxels": np.asarray([count.get(i, 0) for i in wanted], np.int64),
-            "volume_mm3": np.asarray([count.get(i, 0) * vv for i in wanted], np.float64),
-        }
-    )
-
-
-def region_tissue_table(maps: TissueMaps, labels: np.ndarray, names: Mapping[int, str]) -> pd.DataFrame:
-    """Tissue volumes and mean intensities of one image in every region of a label map on the same grid.
-
-    Args:
-        maps: tissue maps of the image (``probabilities`` and ``intensity`` on the label grid).
-        labels: ``(X, Y, Z)`` integer atlas labels.
-        names: ``{index: name}`` of the regions to report (regions absent from ``labels`` get zero volume and NaN
-            intensity).
-
-    Returns:
-        ``region_index``, ``region``, ``tissue`` (csf/gm/wm/all), ``volume_mm3``, ``mean_intensity``; the
-        :data:`WHOLE_BRAIN` rows (index 0) come first.
-    """
-    labels = np.asarray(labels)
-    if labels.shape != maps.mask.shape:
-        raise ValueError(f"labels shape {labels.shape} differs from the tissue maps' {maps.mask.shape}")
-    n = int(max(max(names, default=0), labels.max(initial=0))) + 1
-    flat = np.where(labels > 0, labels, 0).ravel().astype(np.int64)
-    whole = maps.mask.ravel()
-    intensity = maps.intensity.ravel().astype(np.float64)
-    vv = maps.voxel_volume_mm3
-    rows = []
-    for tissue in (*TISSUES, TOTAL):
-        if tissue == TOTAL:
-            prob = sum(maps.probabilities[t].ravel().astype(np.float64) for t in TISSUES)
-        else:
-            prob = maps.probabilities[tissue].ravel().astype(np.float64)
-        mass = np.bincount(flat, weights=prob, minlength=n)
-        weighted = np.bincount(flat, weights=prob * intensity, minlength=n)
-        rows.append(_rows(tissue, mass, weighted, names, vv))
-        w_mass, w_int = prob[whole].sum(), (prob * intensity)[whole].sum()
-        rows.append(
-            pd.DataFrame(
-                {
-                    "region_index": [0],
-                    "region": [WHOLE_BRAIN],
-                    "tissue": [tissue],
-                    "volume_mm3": [w_mass * vv],
-                    "mean_intensity": [w_int / w_mass if w_mass > 0 else np.nan],
-                }
-            )
-        )
-    out = pd.concat(rows, ignore_index=True)
-    return out.sort_values(["region_index", "tissue"], kind="stable").reset_index(drop=True)
-
-
-def _rows(
-    tissue: str, mass: np.ndarray, weighted: np.ndarray, names: Mapping[int, str], vv: float
-) -> pd.DataFrame:
-    idx = np.asarray(sorted(names), np.int64)
-    m = mass[idx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(m > 0, weighted[idx] / np.where(m > 0, m, 1.0), np.nan)
-    return pd.DataFrame(
-        {
-            "region_index": idx,
-            "region": [names[i] for i in idx],
-            "tissue": tissue,
-            "volume_mm3": m * vv,
-            "mean_intensity": mean,
-        }
-    )
 
 
 def grow_csf_structures(
@@ -242,33 +61,6 @@ def grow_csf_structures(
             break
         current = np.where(add, grown, current)
     return np.where(current > 0, current, labels)
-
-
-def combine_regions(table: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    """Add summed regions (e.g. left + right lateral ventricle) to a volumetrics table.
-
-    Volumes add; the mean intensity of the union is the volume-weighted mean. Rows are matched by region name.
-
-    Args:
-        table: output of :meth:`RegionVolumetrics.transform`.
-        groups: new region name → names of the regions it sums (all must exist in ``table``).
-
-    Returns:
-        ``table`` with the new rows appended (``region_index`` −1).
-    """
-    extra = []
-    keys = [c for c in table.columns if c not in ("region_index", "region", "volume_mm3", "mean_intensity")]
-    for new, members in groups.items():
-        missing = sorted(set(members) - set(table["region"]))
-        if missing:
-            raise ValueError(f"combine_regions: region(s) {missing} for '{new}' are not in the table")
-        part = table[table["region"].isin(members)].assign(_w=lambda d: d["volume_mm3"] * d["mean_intensity"])
-        agg = (
-            part.groupby(keys, sort=False, dropna=False)[["volume_mm3", "_w"]].sum(min_count=1).reset_index()
-        )
-        agg["mean_intensity"] = agg["_w"] / agg["volume_mm3"].where(agg["volume_mm3"] > 0)
-        extra.append(agg.drop(columns="_w").assign(region=new, region_index=-1))
-    return pd.concat([table, *extra], ignore_index=True)[list(table.columns)]
 
 
 class RegionVolumetrics:
@@ -383,21 +175,9 @@ class RegionVolumetrics:
         affine[:3, :3] = affine[:3, :3] * k
         priors = {t: block_mean(p, k) for t, p in zip(TISSUES, seg.tissue_priors_)}
         grid = Grid(shape=priors["csf"].shape, affine=affine)
-        params = {
-            name: getattr(seg, name)
-            for name in (
-                "prior_weight",
-                "n_iter",
-                "mask_threshold",
-                "margin_mm",
-                "prior_floor",
-                "bias_sigma_mm",
-                "partial_volume",
-                "random_state",
-            )
-        }
         self.coarse_factor_ = k
-        self.coarse_segmenter_ = TissueSegmenter(grid=grid, priors=priors, **params).fit()
+        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass).
+        self.coarse_segmenter_ = clone(seg).set_params(grid=grid, priors=priors, method="gmm").fit()
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
         self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 

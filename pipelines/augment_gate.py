@@ -137,7 +137,7 @@ def _volume_check(reference: str, tolerance: float, affine):
 
     from analysis.evaluation import measure_cohort
     from analysis.fidelity import DEFAULT_STRUCTURES, structure_table
-    from analysis.volumetrics import combine_regions, region_tissue_table
+    from analysis.region_volumes import combine_regions, region_tissue_table
     from flowlet.data.nifti import Volume
     from pipelines.eval.common import build_volumetrics, cohort_table, load_config
 

@@ -55,8 +55,8 @@ def run_regions(
     from analysis import tables
     from analysis.evaluation import measure_cohort
     from analysis.figures import plot_trajectories
+    from analysis.native_volumes import FROM_PREP, intracranial_table
     from analysis.quality import read_truth
-    from analysis.volumetrics import FROM_PREP, intracranial_table
     from flowlet.data.io import write_json_atomic, write_table_atomic
 
     measure = measure or MeasureOptions()
@@ -156,7 +156,7 @@ def run_regions_pair(
 
 def _native_volumes(cohort: pd.DataFrame, volumes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """MNI and native-space columns (``volume_mni_mm3``, ``volume_native_mm3``) from prep's determinants."""
-    from analysis.volumetrics import FROM_PREP, add_native_volumes, native_scaling
+    from analysis.native_volumes import FROM_PREP, add_native_volumes, native_scaling
 
     native = native_scaling(dict(zip(cohort["image_id"].astype(str), cohort["path"].astype(str))))
     unknown = int((native["scale_source"] != FROM_PREP).sum())

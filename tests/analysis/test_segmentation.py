@@ -3,7 +3,8 @@ import pytest
 from scipy import ndimage
 
 from analysis.metrics import dice
-from analysis.segmentation import TISSUES, TissueSegmenter
+from analysis.segmentation import TissueSegmenter
+from analysis.tissue_maps import TISSUES
 from flowlet.data.grid import Grid
 from flowlet.data.nifti import Volume
 
@@ -123,7 +124,8 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     """``volumes="labels"`` (voxel counts, as FreeSurfer and DLMUSE count) against the default fractions."""
     import pandas as pd
 
-    from analysis.volumetrics import WHOLE_BRAIN, RegionVolumetrics
+    from analysis.region_volumes import WHOLE_BRAIN
+    from analysis.volumetrics import RegionVolumetrics
     from flowlet.data.templates import Atlas
 
     image, fractions = _partial_volume_phantom(7.6, 1)
@@ -163,3 +165,55 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     )
     with pytest.raises(ValueError, match="unknown volumes"):
         RegionVolumetrics(atlas, volumes="counts")
+
+
+def test_atropos_maps_carry_the_class_moments_of_its_posteriors(monkeypatch):
+    """Atropos gives posteriors only; the class means and variances are their weighted moments (here one-hot
+    posteriors of the true labels, so the per-tissue sample moments), and they can start the mixture model.
+
+    Atropos itself is replaced: an ANTs call leaves state behind that changes later registrations in the process.
+    """
+    import analysis.segmentation as segmentation
+
+    labels = _truth()
+    image = Volume(np.where(labels > 0, _image(labels, 2), 0.0).astype(np.float32), GRID.affine)
+    seen = {}
+
+    def one_hot(x, mask, priors, prior_weight):
+        seen["mask"] = mask
+        return np.stack([(labels[mask] == k).astype(np.float64) for k in range(4)])
+
+    monkeypatch.setattr(segmentation, "_require_ants", lambda: None)
+    monkeypatch.setattr(segmentation, "_atropos", one_hot)
+    atropos = TissueSegmenter(grid=GRID, priors=_priors(labels), method="atropos").fit().transform(image)
+    values = np.asarray(image.data, np.float64)[seen["mask"]]
+    for k, name in enumerate(("background", *TISSUES)):
+        members = values[labels[seen["mask"]] == k]
+        assert atropos.means[name] == pytest.approx(members.mean(), rel=1e-4, abs=1e-9)
+        assert atropos.variances[name] == pytest.approx(max(members.var(), 1e-6 * values.var()), rel=1e-3)
+    maps = TissueSegmenter(grid=GRID, priors=_priors(labels)).fit().transform(image, start=atropos)
+    hard = maps.hard_labels()
+    for k, tissue in enumerate(TISSUES):
+        assert dice(hard == k + 1, labels == k + 1) > 0.9, tissue
+
+
+def test_the_coarse_registration_pass_keeps_the_segmenter_settings():
+    import pandas as pd
+
+    from analysis.volumetrics import RegionVolumetrics
+    from flowlet.data.templates import Atlas
+
+    labels = _truth()
+    atlas = Atlas(
+        name="s", labels=labels, affine=GRID.affine, table=pd.DataFrame({"index": [1], "name": ["s"]})
+    )
+    settings = {"prior_weight": 0.7, "n_iter": 3, "margin_mm": 5.0, "prior_floor": 0.1, "random_state": 4}
+    segmenter = TissueSegmenter(grid=GRID, priors=_priors(labels), partial_volume=False, **settings)
+    vol = RegionVolumetrics(atlas, grid=GRID, segmenter=segmenter).fit()
+    coarse = vol.coarse_segmenter_
+    assert coarse.get_params() | {"grid": None, "priors": None} == segmenter.get_params() | {
+        "grid": None,
+        "priors": None,
+    }
+    assert coarse.grid_.shape == (12, 12, 12) and coarse.grid_.voxel_sizes == pytest.approx((4.0,) * 3)
+    assert coarse is not segmenter and segmenter.grid is GRID

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.segmentation import LabelTissueSegmenter
-from analysis.volumetrics import WHOLE_BRAIN, RegionVolumetrics, combine_regions, label_volumes
+from analysis.region_volumes import WHOLE_BRAIN, combine_regions, label_volumes
+from analysis.tissue_maps import LabelTissueSegmenter
+from analysis.volumetrics import RegionVolumetrics
 from flowlet.data.grid import Grid
 from flowlet.data.nifti import Volume
 from flowlet.data.templates import Atlas

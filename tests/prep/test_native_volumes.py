@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.volumetrics import (
+from analysis.native_volumes import (
     FROM_PREP,
     UNKNOWN_SCALE,
     add_native_volumes,

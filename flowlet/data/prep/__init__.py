@@ -6,23 +6,24 @@ the brain-to-brain affine (ANTs, the ``prep`` extra), resampling onto the MNI gr
 """
 
 from flowlet.data.prep.ants_backend import ANTS_MISSING, ants_affine_to_ras, require_ants
+from flowlet.data.prep.config import SPACE_LABELS, PrepConfig
 from flowlet.data.prep.measures import QcLimits, qc_problems
 from flowlet.data.prep.montage import write_contact_sheet, write_scan_montage
 from flowlet.data.prep.qc import QC_COLUMNS, QC_MEASURES, qc_table
+from flowlet.data.prep.register import (
+    RegisteredScan,
+    register_scan,
+    scan_measures,
+    template_mask_in_native,
+)
 from flowlet.data.prep.run import PrepReport, find_scans, run_prep
 from flowlet.data.prep.subject import (
     REJECTED_DIR,
-    SPACE_LABELS,
-    PrepConfig,
-    RegisteredScan,
     ScanJob,
     ScanResult,
     output_names,
     prepare_scan,
     read_prep_record,
-    register_scan,
-    scan_measures,
-    template_mask_in_native,
     verify_scan,
 )
 

@@ -17,16 +17,10 @@ from flowlet.data import keys
 from flowlet.data.cohort_sources import normalize_session_id, normalize_subject_id, read_table
 from flowlet.data.io import folder_lock, write_bytes_atomic, write_json_atomic, write_table_atomic
 from flowlet.data.prep import ants_backend
+from flowlet.data.prep.config import PrepConfig
 from flowlet.data.prep.montage import write_contact_sheet
 from flowlet.data.prep.qc import qc_table
-from flowlet.data.prep.subject import (
-    REJECTED_DIR,
-    PrepConfig,
-    ScanJob,
-    ScanResult,
-    prepare_scan,
-    verify_scan,
-)
+from flowlet.data.prep.subject import REJECTED_DIR, ScanJob, ScanResult, prepare_scan, verify_scan
 
 logger = logging.getLogger(__name__)
 
