@@ -146,14 +146,18 @@ def refine_brain_mask(
     return ndimage.binary_fill_holes(largest_component(mask))
 
 
-def normalized_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Pearson correlation of two images (inside ``mask`` when given); 0 when either is constant."""
+def _voxel_pairs(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 voxel values of two same-shaped images (inside ``mask`` when given)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"image shapes differ: {a.shape} and {b.shape}")
-    if mask is not None:
-        a, b = a[mask], b[mask]
+    return (a[mask], b[mask]) if mask is not None else (a, b)
+
+
+def normalized_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Pearson correlation of two images (inside ``mask`` when given); 0 when either is constant."""
+    a, b = _voxel_pairs(a, b, mask)
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     denom = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
     return float(np.dot(a, b) / denom) if denom > _EPS else 0.0
@@ -161,12 +165,7 @@ def normalized_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray 
 
 def mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32) -> float:
     """Mutual information in nats of two images from a ``bins × bins`` joint histogram (inside ``mask``)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"image shapes differ: {a.shape} and {b.shape}")
-    if mask is not None:
-        a, b = a[mask], b[mask]
+    a, b = _voxel_pairs(a, b, mask)
     joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
     total = joint.sum()
     if total <= 0:
