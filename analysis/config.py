@@ -27,7 +27,8 @@ class SegmentationConfig:
     n_iter: int = 8
     prior_floor: float = 0.05
     margin_mm: float = 8.0
-    #: ``fractions`` (partial-volume sums) or ``labels`` (voxel counts of the most likely tissue), see
+    #: ``fractions`` (partial-volume sums), ``labels`` (voxel counts of the most likely tissue) or ``pve``
+    #: (linear partial-volume fractions of mixed voxels, an experiment), see
     #: :class:`analysis.volumetrics.RegionVolumetrics`.
     volumes: str = "fractions"
 
@@ -102,9 +103,10 @@ def _check_ranges(config: EvalConfig, source: str) -> None:
             raise ValueError(
                 f"{source}: {key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
             )
-    if config.segmentation.volumes not in ("fractions", "labels"):
+    if config.segmentation.volumes not in ("fractions", "labels", "pve"):
         raise ValueError(
-            f"{source}: segmentation.volumes = {config.segmentation.volumes!r}; expected 'fractions' or 'labels'"
+            f"{source}: segmentation.volumes = {config.segmentation.volumes!r}; "
+            "expected 'fractions', 'labels' or 'pve'"
         )
     if not all(0 <= b <= 120 for b in config.age_bins):
         raise ValueError(f"{source}: age_bins = {list(config.age_bins)}; expected ages in [0, 120] years")

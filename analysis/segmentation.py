@@ -154,6 +154,7 @@ class TissueSegmenter(BaseEstimator):
         mask = self.mask_ & np.isfinite(x)
         if self.method == "atropos":
             post = _atropos(x, mask, stack[1:], self.prior_weight)
+            pve = None
             # Atropos returns posteriors only; their weighted moments are the class parameters, as in the EM, so
             # these maps can start another pass too. Atropos estimates no bias field here (log bias 0).
             means, variances = _class_parameters(*_weighted_moments(x[mask], post))
@@ -161,7 +162,7 @@ class TissueSegmenter(BaseEstimator):
         else:
             fixed_bias = None if log_bias is None else np.asarray(log_bias, np.float64)[mask]
             params = None if start is None else (start.class_means(), start.class_variances())
-            post, means, variances, bias = self._gmm(
+            post, pve, means, variances, bias = self._gmm(
                 x[mask],
                 stack[:, mask],
                 mask=mask,
@@ -169,19 +170,15 @@ class TissueSegmenter(BaseEstimator):
                 log_bias=fixed_bias,
                 n_iter=n_iter or self.n_iter,
             )
-        maps = {}
-        for k, tissue in enumerate(TISSUES):
-            full = np.zeros(x.shape, np.float32)
-            full[mask] = post[k + 1]
-            maps[tissue] = full
         return TissueMaps(
-            probabilities=maps,
+            probabilities=_tissue_maps(post, mask),
             mask=mask,
             affine=np.asarray(self.grid_.affine, np.float64),
             intensity=x.astype(np.float32),
             means=means,
             variances=variances,
             log_bias=_unmask(bias, mask),
+            pve=None if pve is None else _tissue_maps(pve, mask),
         )
 
     def _with_background(self, tissue: np.ndarray) -> np.ndarray:
@@ -202,8 +199,9 @@ class TissueSegmenter(BaseEstimator):
         start: tuple[np.ndarray, np.ndarray] | None,
         log_bias: np.ndarray | None,
         n_iter: int,
-    ) -> tuple[np.ndarray, dict[str, float], dict[str, float], np.ndarray]:
-        """Fractions ``(4, V)`` (background, CSF, GM, WM), class means, variances and the log bias ``(V,)``."""
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], dict[str, float], np.ndarray]:
+        """Fractions ``(4, V)`` (background, CSF, GM, WM), linear partial-volume fractions ``(4, V)`` (None without
+        mixed classes), class means, variances and the log bias ``(V,)``."""
         prior = np.asarray(prior, np.float32) + np.float32(_EPS)
         prior = prior / prior.sum(0, keepdims=True)
         if start is not None:
@@ -218,8 +216,10 @@ class TissueSegmenter(BaseEstimator):
             mu, var = _weighted_moments(y, post[:4])
             if estimate_bias and it < n_iter - 1:
                 log_bias = self._bias(values, post[:4], mu, mask)
-        fractions = _fractions(y, post, mu) if self.partial_volume else post[:4]
-        return fractions, *_class_parameters(mu, var), log_bias
+        if not self.partial_volume:
+            return post[:4], None, *_class_parameters(mu, var), log_bias
+        fractions = _fractions(y, post, mu)
+        return fractions, _linear_pve(y, post, mu, fractions), *_class_parameters(mu, var), log_bias
 
     def _posteriors(self, y: np.ndarray, prior: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Class posteriors ``(4 + M, V)``: 4 pure classes, then the mixed classes of :data:`_MIXED` if enabled."""
@@ -308,6 +308,35 @@ def _fractions(y: np.ndarray, post: np.ndarray, mu: np.ndarray) -> np.ndarray:
         frac[a] += post[4 + j] * (1.0 - f_b)
         frac[b] += post[4 + j] * f_b
     return frac
+
+
+def _linear_pve(y: np.ndarray, post: np.ndarray, mu: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Linear partial-volume fractions ``(4, V)`` (Santago & Gage 1993; the idea behind FSL FAST's PVE).
+
+    A voxel whose most probable class is a mixed one of :data:`_MIXED` is a two-class mixture: its fractions are
+    the linear mixing proportions of that pair, read from its bias-corrected intensity ``y`` (clipped to [0, 1]),
+    and nothing else. Every other voxel is pure and keeps its expected ``fractions``. Each voxel sums to 1.
+    """
+    pve = fractions.copy()
+    best = post.argmax(0)
+    for j, (a, b) in enumerate(_MIXED):
+        mixed = best == 4 + j
+        span = mu[b] - mu[a]
+        f_b = np.clip((y[mixed] - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full(mixed.sum(), 0.5)
+        pve[:, mixed] = 0.0
+        pve[a, mixed] = 1.0 - f_b
+        pve[b, mixed] = f_b
+    return pve
+
+
+def _tissue_maps(fractions: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"csf", "gm", "wm"}`` → ``(X, Y, Z)`` float32 maps from ``(4, V)`` background/CSF/GM/WM values."""
+    maps = {}
+    for k, tissue in enumerate(TISSUES):
+        full = np.zeros(mask.shape, np.float32)
+        full[mask] = fractions[k + 1]
+        maps[tissue] = full
+    return maps
 
 
 def _weighted_moments(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

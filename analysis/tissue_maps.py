@@ -39,6 +39,8 @@ class TissueMaps:
             labels (:class:`LabelTissueSegmenter`).
         variances: fitted class variances, by class; empty when ``means`` is.
         log_bias: ``(X, Y, Z)`` estimated log multiplicative bias field (0 outside the mask), if any.
+        pve: ``{"csf", "gm", "wm"}`` → ``(X, Y, Z)`` linear partial-volume fractions (:meth:`as_pve`), where the
+            segmenter models mixed voxels; else None.
     """
 
     probabilities: dict[str, np.ndarray]
@@ -48,6 +50,7 @@ class TissueMaps:
     means: dict[str, float] = field(default_factory=dict)
     variances: dict[str, float] = field(default_factory=dict)
     log_bias: np.ndarray | None = None
+    pve: dict[str, np.ndarray] | None = None
 
     def class_means(self) -> np.ndarray:
         """``(4,)`` means of background, CSF, GM, WM (for starting another EM)."""
@@ -80,6 +83,20 @@ class TissueMaps:
         return replace(
             self, probabilities={t: (hard == k + 1).astype(np.float32) for k, t in enumerate(TISSUES)}
         )
+
+    def as_pve(self) -> TissueMaps:
+        """The same maps with the linear partial-volume fractions as probabilities.
+
+        A voxel whose most likely class is a mixture of two adjacent classes (CSF/GM, GM/WM, background/CSF)
+        is split between them in proportion to where its bias-corrected intensity lies between their means
+        (Santago & Gage 1993, as in FSL FAST); other voxels keep their expected fractions.
+        """
+        if self.pve is None:
+            raise ValueError(
+                "these tissue maps have no partial-volume fractions (a segmenter with partial_volume=True "
+                "and method='gmm' makes them); use volumes 'fractions' or 'labels'"
+            )
+        return replace(self, probabilities=dict(self.pve), pve=None)
 
     def volumes_mm3(self) -> dict[str, float]:
         """Total volume of each tissue: Σ probability × voxel volume."""

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["VOLUME_MODES", "RegionVolumetrics", "grow_csf_structures"]
 
 #: How a voxel's tissue adds to a volume (``RegionVolumetrics(volumes=...)``).
-VOLUME_MODES: tuple[str, ...] = ("fractions", "labels")
+VOLUME_MODES: tuple[str, ...] = ("fractions", "labels", "pve")
 
 
 def grow_csf_structures(
@@ -90,7 +90,9 @@ class RegionVolumetrics:
         volumes: ``"fractions"`` (default): a voxel adds its expected tissue fractions (the partial-volume
             estimate of the physical tissue volume); ``"labels"``: a voxel counts wholly for its most likely
             tissue (:meth:`TissueMaps.as_labels`), the convention of label-based tools such as FreeSurfer and
-            DLMUSE, whose volumes are voxel counts. Only with :class:`TissueSegmenter`.
+            DLMUSE, whose volumes are voxel counts; ``"pve"``: voxels whose most likely class is a mixed one get
+            the linear partial-volume fractions of their intensity (:meth:`TissueMaps.as_pve`, an experiment;
+            see ``docs/prep.md``). Only with :class:`TissueSegmenter`.
         progress: show a progress bar over images.
 
     Example:
@@ -231,8 +233,12 @@ class RegionVolumetrics:
 
     def _counted(self, maps: TissueMaps) -> TissueMaps:
         """``maps`` as the volumes count them (the atlas labels were carried with the fractions either way)."""
-        if self.volumes == "labels" and isinstance(self.segmenter_, TissueSegmenter):
+        if not isinstance(self.segmenter_, TissueSegmenter):
+            return maps
+        if self.volumes == "labels":
             return maps.as_labels()
+        if self.volumes == "pve":
+            return maps.as_pve()
         return maps
 
     def _register(self, maps: TissueMaps) -> np.ndarray:

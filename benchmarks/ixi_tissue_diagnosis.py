@@ -5,8 +5,10 @@ For every scan of a ``flowlet-prep`` output (2 mm) of ``../shared/data/ixi-dev``
 the same scan carried through the scan's own transform onto the grid (as fractions: GM = ROI 601's members, WM =
 604's, CSF = ventricles and ROI 46). Per scan and zone (the outer 4 mm of the brain mask, 4–10 mm, deeper; the
 Harvard-Oxford cortex; the cerebellum box; GM outside the mask) it records the measured and the reference GM in
-native mL, with ``fractions`` and ``labels`` volumes; then Pearson r per zone, the age correlation of the
-measured/reference ratio, and the reference GM left outside the mask. Writes
+native mL, with ``fractions``, ``labels`` and ``pve`` volumes (``segmentation.volumes``); then Pearson r per zone,
+the age correlation of the measured/reference ratio, the reference GM left outside the mask, and for the whole
+grid the mean absolute error of the total GM (mL) and the mean voxel-wise soft Dice of GM with the reference
+(``2 Σ g·r / (Σ g + Σ r)`` over the grid, ``g`` the measured and ``r`` the carried reference fractions). Writes
 ``benchmarks/results/ixi_tissue_diagnosis.json``.
 
 Usage::
@@ -38,6 +40,7 @@ from flowlet.data.preprocessing import reorient_to_ras  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("FLOWLET_IXI_DEV", ROOT.parent / "shared" / "data" / "ixi-dev"))
 CSF_ROIS = [4, 11, 46, 49, 50, 51, 52]
+MODES = ("fractions", "labels", "pve")
 
 
 def reference_tissue(data_dir: Path, subject: str, matrix: np.ndarray, grid) -> dict[str, np.ndarray]:
@@ -87,7 +90,11 @@ def measure(prep: Path, data_dir: Path) -> pd.DataFrame:
         maps, atlas = vol.segment(image)
         ref = reference_tissue(data_dir, subject, matrix, vol.grid_)
         ml = vol.grid_.voxel_volume_mm3 * abs(np.linalg.det(matrix[:3, :3])) / 1000.0
-        measured = {"fractions": maps.probabilities["gm"], "labels": maps.as_labels().probabilities["gm"]}
+        measured = {
+            "fractions": maps.probabilities["gm"],
+            "labels": maps.as_labels().probabilities["gm"],
+            "pve": maps.as_pve().probabilities["gm"],
+        }
         for zone, where in zones(np.asarray(image.data), atlas, vol.grid_).items():
             row = {"subject": subject, "age": float(ages[f"sub-{subject}"]), "zone": zone}
             row["reference_ml"] = float(ref["gm"][where].sum()) * ml
@@ -96,17 +103,27 @@ def measure(prep: Path, data_dir: Path) -> pd.DataFrame:
         row = {"subject": subject, "age": float(ages[f"sub-{subject}"]), "zone": "total"}
         row["reference_ml"] = float(ref["gm"].sum()) * ml
         row.update({f"{k}_ml": float(v.sum()) * ml for k, v in measured.items()})
+        row.update({f"{k}_soft_dice": soft_dice(v, ref["gm"]) for k, v in measured.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def soft_dice(measured: np.ndarray, reference: np.ndarray) -> float:
+    """Soft Dice of two fraction maps on the same grid."""
+    a, b = np.asarray(measured, np.float64), np.asarray(reference, np.float64)
+    return float(2.0 * (a * b).sum() / max(a.sum() + b.sum(), 1e-12))
 
 
 def summarise(table: pd.DataFrame) -> dict:
     out = {}
     for zone, part in table.groupby("zone", sort=False):
         entry = {"reference_ml_mean": round(float(part["reference_ml"].mean()), 1)}
-        for mode in ("fractions", "labels"):
+        for mode in MODES:
             measured = part[f"{mode}_ml"]
             entry[f"{mode}_ml_mean"] = round(float(measured.mean()), 1)
+            if zone == "total":
+                entry[f"{mode}_mae_ml"] = round(float((measured - part["reference_ml"]).abs().mean()), 1)
+                entry[f"{mode}_soft_dice_mean"] = round(float(part[f"{mode}_soft_dice"].mean()), 4)
             if zone != "outside_mask":
                 entry[f"{mode}_r"] = round(float(stats.pearsonr(measured, part["reference_ml"])[0]), 3)
                 ratio = measured / part["reference_ml"]

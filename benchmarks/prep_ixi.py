@@ -191,6 +191,11 @@ def correlate(regions_dir: Path, data_dir: Path) -> dict:
             "r_native": round(float(stats.pearsonr(merged["volume_native_mm3"], merged["reference"])[0]), 3),
             "r_native_ci95": bootstrap_r(merged["volume_native_mm3"], merged["reference"]),
             "r_mni": round(float(stats.pearsonr(merged["volume_mni_mm3"], merged["reference"])[0]), 3),
+            "mae_native_ml": round(
+                float((merged["volume_native_mm3"] - merged["reference"]).abs().mean()), 1
+            ),
+            "mean_native_ml": round(float(merged["volume_native_mm3"].mean()), 1),
+            "mean_reference_ml": round(float(merged["reference"].mean()), 1),
             "rho_age_native": round(float(stats.spearmanr(merged["volume_native_mm3"], merged["age"])[0]), 3),
             "rho_age_reference": round(float(stats.spearmanr(merged["reference"], merged["age"])[0]), 3),
             "bar_r": BARS[name],
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--volumes",
-        choices=["fractions", "labels"],
+        choices=["fractions", "labels", "pve"],
         default="fractions",
         help="segmentation.volumes of flowlet-eval regions: partial-volume fractions or voxel counts",
     )

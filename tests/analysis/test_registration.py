@@ -76,3 +76,8 @@ def test_eval_config_is_checked_like_every_other_config():
         EvalConfig.from_dict({"key_regions": [["hippocampus", "gm", "left"]]}, source="eval.yaml")
     with pytest.raises(ValueError, match=r"eval\.yaml\.quality: expected a mapping"):
         EvalConfig.from_dict({"quality": [0.05]}, source="eval.yaml")
+    assert EvalConfig.from_dict({"segmentation": {"volumes": "pve"}}).segmentation.volumes == "pve"
+    with pytest.raises(
+        ValueError, match=r"segmentation\.volumes = 'counts'; expected 'fractions', 'labels' or 'pve'"
+    ):
+        EvalConfig.from_dict({"segmentation": {"volumes": "counts"}}, source="eval.yaml")

@@ -139,7 +139,7 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     )
     segmenter = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0)
     tables = {}
-    for mode in ("fractions", "labels"):
+    for mode in ("fractions", "labels", "pve"):
         vol = RegionVolumetrics(
             atlas, grid=GRID, segmenter=segmenter, registration="none", volumes=mode
         ).fit()
@@ -156,6 +156,9 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
         assert tables["labels"][("sphere", tissue)] == pytest.approx(in_sphere)
         assert tables["fractions"][("sphere", tissue)] == pytest.approx(
             float(maps.probabilities[tissue][regions == 1].sum()) * GRID.voxel_volume_mm3, rel=1e-6
+        )
+        assert tables["pve"][("sphere", tissue)] == pytest.approx(
+            float(maps.as_pve().probabilities[tissue][regions == 1].sum()) * GRID.voxel_volume_mm3, rel=1e-6
         )
     assert tables["labels"][(WHOLE_BRAIN, "gm")] == pytest.approx(
         float((hard == 2).sum()) * GRID.voxel_volume_mm3
@@ -217,3 +220,53 @@ def test_the_coarse_registration_pass_keeps_the_segmenter_settings():
     }
     assert coarse.grid_.shape == (12, 12, 12) and coarse.grid_.voxel_sizes == pytest.approx((4.0,) * 3)
     assert coarse is not segmenter and segmenter.grid is GRID
+
+
+def _gm_sphere_in_csf(gm_radius: float, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Two tissues: a GM sphere in CSF drawn at 0.5 mm and averaged onto the 2 mm grid (true fractions known)."""
+    k = 4
+    r = np.linalg.norm((np.indices(tuple(n * k for n in GRID.shape)) + 0.5) / k - 12.0, axis=0)
+    fine = np.zeros(r.shape, np.int32)
+    fine[r < 10.7] = 1
+    fine[r < gm_radius] = 2
+    fractions = {
+        t: (fine == i + 1).reshape(24, k, 24, k, 24, k).mean(axis=(1, 3, 5)) for i, t in enumerate(TISSUES)
+    }
+    image = 0.15 * fractions["csf"] + 0.5 * fractions["gm"]
+    inside = sum(fractions.values()) > 0
+    image = image + np.random.default_rng(seed).normal(0, 0.02, GRID.shape) * inside
+    return image.astype(np.float32), fractions
+
+
+@pytest.mark.parametrize(("gm_radius", "seed"), [(5.3, 0), (7.7, 1)])
+def test_linear_pve_recovers_the_gm_volume_of_mixed_voxels(gm_radius, seed):
+    """Linear partial-volume fractions (``volumes="pve"``) read the GM/CSF mix of a boundary voxel from its
+    intensity: the GM volume comes within 2 % and each mixed voxel's GM fraction within a fifth of what summing
+    pure-class posteriors gets; per voxel the fractions (with background) sum to 1."""
+    image, fractions = _gm_sphere_in_csf(gm_radius, seed)
+    priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
+    mixed = (fractions["gm"] > 0.05) & (fractions["gm"] < 0.95)
+    truth = float(fractions["gm"].sum())
+    volume = Volume(image, GRID.affine)
+    maps = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0).fit().transform(volume)
+    pve = maps.as_pve()
+    plain = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0, partial_volume=False).fit()
+    posterior = plain.transform(volume).probabilities["gm"]
+    gm = {"pve": pve.probabilities["gm"], "posterior": posterior, "fractions": maps.probabilities["gm"]}
+    error = {name: abs(float(g.sum()) / truth - 1.0) for name, g in gm.items()}
+    voxel = {name: float(np.abs(g - fractions["gm"])[mixed].mean()) for name, g in gm.items()}
+    assert error["pve"] < 0.02 and error["pve"] < error["posterior"] / 3, error
+    assert voxel["pve"] < voxel["posterior"] / 5, voxel
+    # On this noise level the hard split is also a little closer than the posterior-weighted one.
+    assert voxel["pve"] < voxel["fractions"] and error["pve"] < error["fractions"], (voxel, error)
+    total = sum(pve.probabilities[t] for t in TISSUES)
+    assert total.max() <= 1.0 + 1e-6
+    # Mixed voxels (the GM/CSF pair) are split between the two classes; pure voxels keep their fractions.
+    split = pve.probabilities["gm"] != maps.probabilities["gm"]
+    assert split[mixed].mean() > 0.5
+    assert np.allclose(total[split & (fractions["gm"] > 0.05)], 1.0, atol=1e-5)
+    assert np.array_equal(pve.probabilities["wm"][split], np.zeros(int(split.sum()), np.float32))
+    pure = maps.probabilities["gm"] > 0.999
+    assert np.array_equal(pve.probabilities["gm"][pure], maps.probabilities["gm"][pure])
+    with pytest.raises(ValueError, match="no partial-volume fractions"):
+        plain.transform(volume).as_pve()
