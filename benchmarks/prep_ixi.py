@@ -120,7 +120,7 @@ def run_regions(
 ) -> dict:
     """``flowlet-eval regions`` on the prepared cohort (``volumes``: the config's ``segmentation.volumes``);
     native volumes against the DLMUSE reference. Results go to ``work/regions`` (``work/regions-labels`` for
-    voxel-count volumes)."""
+    voxel-count volumes, ``work/regions-pve`` for linear partial-volume fractions)."""
     import yaml
 
     from pipelines.eval.cli import main as evaluate
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "--volumes",
         choices=["fractions", "labels", "pve"],
         default="fractions",
-        help="segmentation.volumes of flowlet-eval regions: partial-volume fractions or voxel counts",
+        help="segmentation.volumes of flowlet-eval regions: partial-volume fractions, voxel counts or linear PVE",
     )
     parser.add_argument(
         "--correlate",
