@@ -32,6 +32,7 @@ __all__ = [
     "FORMAT",
     "BrainAgeModel",
     "build_from_checkpoint",
+    "build_network",
     "check_model_fields",
     "get_rng_state",
     "load_checkpoint",
@@ -105,6 +106,17 @@ def check_model_fields(payload: dict[str, Any], source: str | Path) -> None:
         raise ValueError(f"{source}: not a usable brain-age checkpoint: {'; '.join(problems)}")
 
 
+def build_network(model_name: str, model_kwargs: dict[str, Any]) -> nn.Module:
+    """The freshly initialised network that a run's (or a checkpoint's) ``model_name`` and ``model_kwargs`` name."""
+    return build_model(
+        model_name,
+        age_mean=model_kwargs["age_mean"],
+        age_std=model_kwargs["age_std"],
+        age_range=model_kwargs["age_range"],
+        options=model_kwargs["options"],
+    )
+
+
 def build_from_checkpoint(payload: dict[str, Any], *, source: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model of a checkpoint and load its weights (eval mode, CPU).
 
@@ -117,13 +129,7 @@ def build_from_checkpoint(payload: dict[str, Any], *, source: str | Path = "chec
     """
     kwargs = payload["model_kwargs"]
     try:
-        model = build_model(
-            payload["model_name"],
-            age_mean=kwargs["age_mean"],
-            age_std=kwargs["age_std"],
-            age_range=kwargs["age_range"],
-            options=kwargs["options"],
-        )
+        model = build_network(payload["model_name"], kwargs)
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(
             f"{source}: cannot rebuild model '{payload['model_name']}' from 'model_kwargs' ({exc})"

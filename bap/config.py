@@ -230,12 +230,10 @@ def _validate(cfg: BapConfig) -> None:
         raise ValueError(
             f"config data.split_fractions = {list(fractions)}; expected 3 non-negative numbers summing to 1"
         )
-    if cfg.data.synthetic_ratio < 0:
-        raise ValueError(f"config data.synthetic_ratio = {cfg.data.synthetic_ratio}; expected >= 0")
     if cfg.train.loss == "sfcn_kl" and cfg.model.name != "sfcn":
         raise ValueError(f"config train.loss = 'sfcn_kl' needs model.name = 'sfcn', got {cfg.model.name!r}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_smoothing < 1:
-        raise ValueError("config train.epochs, train.batch_size and train.val_smoothing must be >= 1")
+    if cfg.train.val_smoothing < 1:  # train.epochs and train.batch_size are bounded in _RANGES
+        raise ValueError(f"config train.val_smoothing = {cfg.train.val_smoothing!r}; expected >= 1")
 
 
 def config_from_dict(raw: dict[str, Any] | None) -> BapConfig:

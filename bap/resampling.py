@@ -43,9 +43,17 @@ def _group_indices(groups: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds)
 
 
-def _resample(members: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    draw = rng.integers(0, len(members), size=len(members))
-    return np.concatenate([members[i] for i in draw])
+def _subject_replicates(
+    n: int, groups: np.ndarray | None, n_boot: int, seed: int, statistic: Callable[[np.ndarray], float]
+) -> np.ndarray:
+    """``statistic(idx)`` for ``n_boot`` row-index draws that resample whole subjects (``None`` = row = subject)."""
+    members = _group_indices(np.arange(n) if groups is None else np.asarray(groups))
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        draw = rng.integers(0, len(members), size=len(members))
+        values[b] = statistic(np.concatenate([members[i] for i in draw]))
+    return values
 
 
 def bootstrap_ci(
@@ -69,13 +77,7 @@ def bootstrap_ci(
         seed: seed of the resampling generator.
     """
     age, pred = check_pair(age, pred)
-    groups = np.arange(age.size) if groups is None else np.asarray(groups)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = _resample(members, rng)
-        values[b] = statistic(age[idx], pred[idx])
+    values = _subject_replicates(age.size, groups, n_boot, seed, lambda idx: statistic(age[idx], pred[idx]))
     alpha = (1.0 - level) / 2.0
     low, high = np.nanquantile(values, [alpha, 1.0 - alpha])
     return BootstrapCI(float(statistic(age, pred)), float(low), float(high), n_boot)
@@ -173,13 +175,9 @@ def paired_error_test(
     The Wilcoxon signed-rank test compares ``err_b`` and ``err_a`` scan by scan.
     """
     err_a, err_b = check_pair(err_a, err_b)
-    groups = np.arange(err_a.size) if groups is None else np.asarray(groups)
-    members = _group_indices(groups)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = _resample(members, rng)
-        diffs[b] = err_b[idx].mean() - err_a[idx].mean()
+    diffs = _subject_replicates(
+        err_a.size, groups, n_boot, seed, lambda idx: err_b[idx].mean() - err_a[idx].mean()
+    )
     low, high = np.quantile(diffs, [0.025, 0.975])
     p_boot = float(min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
     if np.allclose(err_a, err_b):

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from bap.checkpoint import load_init_weights
+from bap.checkpoint import build_network, load_init_weights
 from bap.config import BapConfig
 from bap.data import SOURCE, AgeDataset, PreparedData
-from bap.models import build_model
 from bap.objective import AgeObjective, build_optimizer, build_scheduler, choose
 from bap.runstate import run_metadata
 from bap.samplers import EpochSubsetSampler, LossWeightedDataset, WeightedEpochSampler
@@ -108,12 +107,7 @@ def _validation_can_select(cfg: BapConfig, n_val: int) -> bool:
 def _build_network(
     cfg: BapConfig, metadata: dict[str, Any], device: torch.device, *, init: bool
 ) -> nn.Module:
-    kwargs = metadata["model_kwargs"]
-    model = build_model(
-        cfg.model.name,
-        **{k: kwargs[k] for k in ("age_mean", "age_std", "age_range")},
-        options=kwargs["options"],
-    ).to(device)
+    model = build_network(cfg.model.name, metadata["model_kwargs"]).to(device)
     if init and cfg.train.init:
         loaded = load_init_weights(
             model, cfg.train.init, model_name=cfg.model.name, skip_head_mismatch=cfg.train.init_skip_head

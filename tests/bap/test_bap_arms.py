@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bap_helpers import tiny_run_sets
 
 from bap.arms import Arm, parse_arms, ratios_to_arms
 from bap.compare import arm_statistics, holm, paired_errors
@@ -166,12 +167,7 @@ def test_cli_arms_train_every_arm_at_the_same_steps(tiny_real, tiny_synthetic, t
             "real,oversample,reweight,synthetic:0.5",
             "--epochs",
             "2",
-            "--set",
-            "model.options.channels=[4, 8]",
-            "--set",
-            "eval.n_boot=50",
-            "--set",
-            "train.num_threads=1",
+            *tiny_run_sets(50),
             "--no-progress",
         ]
     )

@@ -142,3 +142,17 @@ def test_config_refuses_unknown_keys_and_bad_values():
         config_from_dict({"train": {"loss": "sfcn_kl"}, "model": {"name": "small"}})
     with pytest.raises(ValueError, match="split_fractions"):
         config_from_dict({"data": {"split_fractions": [0.5, 0.5, 0.5]}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("data", "synthetic_ratio", -1.0),
+        ("train", "epochs", 0),
+        ("train", "batch_size", 0),
+        ("train", "val_smoothing", 0),
+    ],
+)
+def test_config_refuses_a_count_or_ratio_below_its_bound_naming_the_field(section, key, value):
+    with pytest.raises(ValueError, match=rf"config {section}\.{key} = "):
+        config_from_dict({section: {key: value}})

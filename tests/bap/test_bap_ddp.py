@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+from bap_helpers import tiny_run_sets
 
 from bap.checkpoint import load_checkpoint
 
@@ -33,12 +34,7 @@ def test_torchrun_two_cpu_processes(tiny_real, tmp_path):
         str(out),
         "--epochs",
         "2",
-        "--set",
-        "model.options.channels=[4, 8]",
-        "--set",
-        "eval.n_boot=20",
-        "--set",
-        "train.num_threads=1",
+        *tiny_run_sets(20),
         "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

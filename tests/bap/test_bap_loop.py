@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bap import metrics
-from bap.checkpoint import build_from_checkpoint, load_checkpoint, load_model, save_checkpoint
+from bap.checkpoint import build_from_checkpoint, build_network, load_checkpoint, load_model, save_checkpoint
 from bap.config import _CHOICES, TrainConfig, config_from_dict
 from bap.data import apply_normalisation, prepare_data
 from bap.loop import EpochStats, end_epoch, train_epoch, validate
@@ -171,10 +171,8 @@ def _untrained(cohort_csv):
     cfg = config_from_dict(TINY)
     data = prepare_data(load_cohort(cohort_csv).table, cfg.data)
     metadata = run_metadata(cfg, data)
-    kwargs = metadata["model_kwargs"]
     torch.manual_seed(0)
-    model = build_model(cfg.model.name, **{k: kwargs[k] for k in ("age_mean", "age_std", "age_range")},
-                        options=kwargs["options"])  # fmt: skip
+    model = build_network(cfg.model.name, metadata["model_kwargs"])
     return data, metadata, model
 
 

@@ -67,6 +67,36 @@ def test_bootstrap_ci_covers_estimate_and_resamples_whole_subjects():
     assert again == ci
 
 
+def _subject_draws(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Row indices of each replicate, drawn the way the subject bootstrap has always drawn them."""
+    subjects = list(dict.fromkeys(sorted(groups)))
+    members = [np.flatnonzero(groups == s) for s in subjects]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        draw = rng.integers(0, len(members), size=len(members))
+        draws.append(np.concatenate([members[i] for i in draw]))
+    return draws
+
+
+def test_bootstrap_ci_and_paired_test_resample_the_same_subjects_for_a_seed():
+    rng = np.random.default_rng(7)
+    groups = rng.choice(np.array(["s3", "s1", "s2", "s5", "s4", "s0"]), size=30)
+    age = rng.uniform(20, 80, size=30)
+    pred = age + rng.normal(0, 4, size=30)
+    err_a, err_b = np.abs(pred - age), np.abs(rng.normal(0, 4, size=30))
+    draws = _subject_draws(groups, n_boot=200, seed=11)
+    maes = [metrics.mae(age[idx], pred[idx]) for idx in draws]
+    ci = resampling.bootstrap_ci(age, pred, groups=groups, n_boot=200, seed=11)
+    alpha = (1.0 - 0.95) / 2.0  # the default level, computed as bootstrap_ci computes it
+    assert (ci.low, ci.high) == tuple(np.nanquantile(maes, [alpha, 1.0 - alpha]))
+    diffs = [err_b[idx].mean() - err_a[idx].mean() for idx in draws]
+    res = resampling.paired_error_test(err_a, err_b, groups=groups, n_boot=200, seed=11)
+    assert (res.diff.low, res.diff.high) == tuple(np.quantile(diffs, [0.025, 0.975]))
+    expected_p = min(1.0, 2.0 * min(np.mean(np.array(diffs) <= 0), np.mean(np.array(diffs) >= 0)))
+    assert res.p_bootstrap == expected_p
+
+
 def test_per_bin_table_bins_and_values():
     age = np.array([21.0, 25.0, 33.0, 38.0, 39.0])
     err = np.array([1.0, 3.0, 2.0, 2.0, 2.0])

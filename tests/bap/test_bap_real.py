@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bap_helpers import phantom_scan
+from bap_helpers import phantom_scan, tiny_run_sets
 from torch import nn
 
 from bap import metrics
@@ -329,14 +329,15 @@ def _features_file(cohort_csv, path) -> None:
 def test_cli_reports_the_ridge_baseline_next_to_the_cnn_and_starts_from_init(tiny_real, tmp_path):
     features = tmp_path / "volumes.tsv"
     _features_file(tiny_real, features)
-    common = ["--real", str(tiny_real), "--config", "demo", "--epochs", "2", "--no-progress"]
-    common += [
-        "--set",
-        "model.options.channels=[4, 8]",
-        "--set",
-        "eval.n_boot=20",
-        "--set",
-        "train.num_threads=1",
+    common = [
+        "--real",
+        str(tiny_real),
+        "--config",
+        "demo",
+        "--epochs",
+        "2",
+        "--no-progress",
+        *tiny_run_sets(20),
     ]
     out = tmp_path / "run"
     assert bap_train.main([*common, "--out", str(out), "--baseline-features", str(features)]) == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from bap_helpers import tiny_run_sets
 
 from bap.checkpoint import load_checkpoint
 from bap.config import config_from_dict
@@ -107,12 +108,7 @@ def test_cli_train_then_predict(tiny_real, tmp_path):
             str(out),
             "--epochs",
             "2",
-            "--set",
-            "model.options.channels=[4, 8]",
-            "--set",
-            "eval.n_boot=20",
-            "--set",
-            "train.num_threads=1",
+            *tiny_run_sets(20),
             "--no-progress",
         ]
     )
@@ -158,12 +154,7 @@ def test_cli_compare_writes_paired_table(tiny_real, tiny_synthetic, tmp_path):
             "2",
             "--epochs",
             "2",
-            "--set",
-            "model.options.channels=[4, 8]",
-            "--set",
-            "eval.n_boot=50",
-            "--set",
-            "train.num_threads=1",
+            *tiny_run_sets(50),
             "--no-progress",
         ]
     )
