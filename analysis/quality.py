@@ -13,7 +13,7 @@ from analysis.config import QualityConfig
 from analysis.evaluation import CohortMeasures, decode_roi
 from analysis.metrics import match_by_age, roi_pair_metrics
 
-__all__ = ["image_metrics", "key_region_rows", "read_truth", "roi_rows"]
+__all__ = ["image_metrics", "key_region_rows", "read_truth", "roi_rows", "truth_path"]
 
 
 def key_region_rows(frame: pd.DataFrame, key_regions: Sequence[Sequence[str]]) -> pd.DataFrame:
@@ -95,14 +95,19 @@ def image_metrics(m_real: CohortMeasures, m_syn: CohortMeasures, q: QualityConfi
     return pd.DataFrame({"metric": list(values), "value": [float(v) for v in values.values()]})
 
 
+def truth_path(image: str | Path) -> Path:
+    """``.../sub-0001_T1w.nii.gz`` -> ``.../sub-0001_volumes.tsv``: where the phantom cohort writes an image's truth."""
+    name = Path(image).name
+    stem = name.split("_T1w")[0] if "_T1w" in name else name.split(".nii")[0]
+    return Path(image).with_name(f"{stem}_volumes.tsv")
+
+
 def read_truth(cohort: pd.DataFrame) -> pd.DataFrame | None:
     """Concatenated ``*_volumes.tsv`` next to the images (phantom ground truth), or None when any is missing."""
 
     frames = []
     for image_id, path in zip(cohort["image_id"], cohort["path"]):
-        name = Path(path).name
-        stem = name.split("_T1w")[0] if "_T1w" in name else name.split(".nii")[0]
-        truth = Path(path).with_name(f"{stem}_volumes.tsv")
+        truth = truth_path(path)
         if not truth.is_file():
             return None
         frames.append(pd.read_csv(truth, sep="\t").assign(image_id=image_id))

@@ -11,7 +11,6 @@ __all__ = [
     "batch_size_arg",
     "bounded_int",
     "finite_float",
-    "non_negative_int",
     "positive_int",
     "resolve_device",
     "seed_int",
@@ -129,7 +128,6 @@ def bounded_int(low: int | None = None, high: int | None = None) -> Callable[[st
 
 #: The common cases: counts (at least 1), sizes of a volume axis, seeds and thread counts.
 positive_int = bounded_int(1)
-non_negative_int = bounded_int(0)
 seed_int = bounded_int(0, 2**32 - 1)
 thread_count = bounded_int(1, 1024)
 volume_axis = bounded_int(1, 4096)

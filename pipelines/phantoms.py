@@ -86,13 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 tissue_maps=args.tissue_maps,
             )
             folder.remove_previous()  # subjects of an earlier, larger cohort
+        logger.info("cohort written to %s", args.out)
         return 0
 
-    code = run_cli("flowlet-phantoms", body, interrupted="rerun the same command with --overwrite")
-    if code:
-        return code
-    logger.info("cohort written to %s", args.out)
-    return 0
+    return run_cli("flowlet-phantoms", body, interrupted="rerun the same command with --overwrite")
 
 
 if __name__ == "__main__":

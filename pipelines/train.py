@@ -142,33 +142,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"runtime.run_dir={args.run_dir}")
     from flowlet.training.config import ConfigError
 
-    results = []
-
     def body() -> int:
-        results.append(
-            run_training(
-                args.config,
-                overrides,
-                resume=args.resume,
-                stop_after=args.stop_after,
-                overwrite=args.overwrite,
-            )
+        result = run_training(
+            args.config, overrides, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite
+        )
+        logger.info(
+            "done: %d steps, best val loss %s, run folder %s",
+            result.step,
+            result.best_val_loss,
+            result.run_dir,
         )
         return 0
 
-    code = run_cli(
+    return run_cli(
         "flowlet-train",
         body,
         interrupted="rerun with --resume to continue from the saved state",
         errors=(ConfigError,),
     )
-    if code:
-        return code
-    result = results[0]
-    logger.info(
-        "done: %d steps, best val loss %s, run folder %s", result.step, result.best_val_loss, result.run_dir
-    )
-    return 0
 
 
 if __name__ == "__main__":

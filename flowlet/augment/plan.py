@@ -54,8 +54,8 @@ PARAMETERS = (
 def with_flags(message: str) -> str:
     """``message`` with the planning parameter names written as flags (``bin_width`` -> ``--bin-width``).
 
-    A name is replaced only where it stands as a parameter: at the start of the message or after ``raise`` / ``set``,
-    and followed by ``:``, ``=``, a space and a value, or ``)``; ``"the bins 10-90"`` is left alone.
+    A name is replaced only where it stands as a parameter: at the start of the message or after ``raise``, ``set``
+    or ``or``, and followed by ``:``, ``=``, a space and a value, or ``)``; ``"the bins 10-90"`` is left alone.
     """
     names = "|".join(sorted(PARAMETERS, key=len, reverse=True))
     pattern = re.compile(rf"(?:^|(?<=raise )|(?<=set )|(?<=or ))({names})(?=[:= )]|$)")

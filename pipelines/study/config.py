@@ -134,6 +134,15 @@ class EvalSection:
     max_images: int = 400
     jobs: int = 1
 
+    def measure_options(self):
+        """How ``flowlet-eval quality`` measures the images (:class:`pipelines.eval.common.MeasureOptions`, which
+        refuses a registration, limit or worker count out of range)."""
+        from pipelines.eval.common import MeasureOptions
+
+        return MeasureOptions(
+            registration=self.registration, limit=self.max_images, progress=False, jobs=self.jobs
+        )
+
 
 @dataclass(frozen=True)
 class ReportSection:
@@ -188,11 +197,13 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
     if config.bap.seeds < 1:
         raise StudyConfigError(f"{source}: bap.seeds must be >= 1")
     e = config.eval
-    if e.registration not in ("demons", "none") or e.max_images < 1 or e.jobs < 1:
+    try:
+        e.measure_options()
+    except ValueError as exc:
         raise StudyConfigError(
             f"{source}: eval needs registration 'demons' or 'none', max_images >= 1 and jobs >= 1; got "
             f"{e.registration!r}, {e.max_images}, {e.jobs}"
-        )
+        ) from exc
     largest = max((a.ratio for a in arms if a.kind == "synthetic"), default=0.0)
     ratio = config.augment.synthetic_ratio
     if ratio is not None and largest > ratio + 1e-9:

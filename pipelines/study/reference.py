@@ -11,7 +11,6 @@ and the reference is then left out.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,17 +19,9 @@ from flowlet.data import keys
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REFERENCE_LABEL", "ridge_on_true_volumes", "volumes_path"]
+__all__ = ["REFERENCE_LABEL", "ridge_on_true_volumes"]
 
 REFERENCE_LABEL = "ridge on true region volumes"
-
-
-def volumes_path(image: str | Path) -> Path:
-    """``.../sub-0001_T1w.nii.gz`` → ``.../sub-0001_volumes.tsv`` (the phantom's ground truth)."""
-    image = Path(image)
-    stem = image.name.split(".")[0]
-    stem = stem[: -len("_T1w")] if stem.endswith("_T1w") else stem
-    return image.with_name(f"{stem}_volumes.tsv")
 
 
 #: The penalties the reference chooses from (leave-one-out on the training split); kept as first published so that
@@ -40,14 +31,17 @@ ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 def _tidy_volumes(scans: pd.DataFrame) -> pd.DataFrame | None:
     """One row per scan × region × tissue (keys, ``region``, ``tissue``, ``volume_mm3``); None if a file is missing."""
-    frames = []
-    for subject, session, image in zip(scans[keys.SUBJECT_ID], scans[keys.SESSION_ID], scans[keys.PATH]):
-        path = volumes_path(image)
-        if not path.is_file():
-            return None
-        table = pd.read_csv(path, sep="\t")[["region", "tissue", "volume_mm3"]]
-        frames.append(table.assign(**{keys.SUBJECT_ID: subject, keys.SESSION_ID: session}))
-    return pd.concat(frames, ignore_index=True)
+    from analysis.quality import read_truth
+
+    truth = read_truth(scans.assign(image_id=scans.index))
+    if truth is None:
+        return None
+    ids = scans[[keys.SUBJECT_ID, keys.SESSION_ID]]
+    return (
+        truth[["image_id", "region", "tissue", "volume_mm3"]]
+        .join(ids, on="image_id")
+        .drop(columns="image_id")
+    )
 
 
 def ridge_on_true_volumes(split: pd.DataFrame) -> pd.DataFrame | None:

@@ -296,7 +296,7 @@ def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     Real reference = the training split (what the synthetic brains were generated to resemble); the privacy
     audit's held-out baseline = the test split. Errors propagate as they were raised.
     """
-    from pipelines.eval.common import MeasureOptions, eval_output, load_config
+    from pipelines.eval.common import eval_output, load_config
     from pipelines.eval.privacy import run_privacy
     from pipelines.eval.quality import run_quality
 
@@ -314,9 +314,8 @@ def run_eval(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     if e.quality:
         folder = ctx.stage_dir / "quality"
-        measure = MeasureOptions(registration=e.registration, limit=e.max_images, progress=False, jobs=e.jobs)
         with eval_output(folder, (real_train, synthetic)):
-            run_quality(real_train, synthetic, folder, eval_config, measure)
+            run_quality(real_train, synthetic, folder, eval_config, e.measure_options())
         outputs["quality"] = _rel(ctx, folder)
     if e.privacy:
         folder = ctx.stage_dir / "privacy"

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.study.reference import ridge_on_true_volumes, volumes_path
+from analysis.quality import truth_path
+from pipelines.study.reference import ridge_on_true_volumes
 from pipelines.study.report import fidelity_sentences
 
 
@@ -112,7 +113,7 @@ def _scans_with_volumes(folder, n: int = 24) -> pd.DataFrame:
                 + rng.normal(0, 5, 3),
             }
         )
-        volumes.to_csv(volumes_path(image), sep="\t", index=False)
+        volumes.to_csv(truth_path(image), sep="\t", index=False)
         split = "test" if i % 4 == 1 else ("val" if i % 4 == 3 else "train")
         rows.append(
             {"subject_id": f"{i:03d}", "session_id": "n/a", "age": age, "split": split, "path": str(image)}
@@ -129,5 +130,5 @@ def test_ridge_reference_predicts_each_test_scan_from_its_own_volumes(tmp_path):
         == test[["subject_id", "session_id"]].values.tolist()
     )
     np.testing.assert_allclose(pred["pred"], test["age"], atol=1.0)
-    Path(volumes_path(test["path"].iloc[0])).unlink()
+    Path(truth_path(test["path"].iloc[0])).unlink()
     assert ridge_on_true_volumes(scans) is None
