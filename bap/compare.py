@@ -111,9 +111,9 @@ def run_comparison(
     if not arms:
         raise ValueError("no arms to compare")
     width = float(bin_width if bin_width is not None else cfg.eval.bin_width)
+    pools = {arm.label: filtered_synthetic if arm.kind == "synthetic-filtered" else synthetic for arm in arms}
     for arm in arms:
-        pool = filtered_synthetic if arm.kind == "synthetic-filtered" else synthetic
-        if arm.synthetic and pool is None:
+        if arm.synthetic and pools[arm.label] is None:
             what = "filtered synthetic" if arm.kind == "synthetic-filtered" else "synthetic"
             raise ValueError(f"arm {arm.label!r} needs a {what} cohort, and none was given")
     if cfg.train.epoch_size != "real":
@@ -136,8 +136,7 @@ def run_comparison(
                 data={"synthetic_ratio": float(arm.ratio), "augment": augment},
                 train={"seed": seed, "epoch_size": "real"},
             )
-            pool = filtered_synthetic if arm.kind == "synthetic-filtered" else synthetic
-            data = prepare_data(real, run_cfg.data, synthetic=pool, test=test, memo=memo)
+            data = prepare_data(real, run_cfg.data, synthetic=pools[arm.label], test=test, memo=memo)
             train_ages = data.table[keys.AGE].to_numpy(float)[data.indices("train")]
             weights = (
                 inverse_frequency_weights(train_ages, width)
