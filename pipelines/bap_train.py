@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli("%(asctime)s %(name)s: %(message)s")
     hint = (
         "rerun with --overwrite to start the comparison again"
-        if args.compare
+        if args.compare or args.arms
         else "rerun with --resume to continue from the last finished epoch"
     )
     try:
