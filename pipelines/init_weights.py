@@ -121,6 +121,8 @@ def resolve_init(
     try:
         torch.hub.download_url_to_file(value, str(target), progress=progress)
     except OSError as err:  # URLError and HTTPError are OSErrors
+        if not any(target.parent.iterdir()):
+            target.parent.rmdir()  # nothing was fetched: leave no empty folder in the cache
         raise ValueError(
             f"--init: could not download {value!r}: {err}. Download the file by other means and pass its path."
         ) from err

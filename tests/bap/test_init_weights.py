@@ -60,5 +60,6 @@ def test_missing_sources_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"could not download .*absent\.pt"):
         resolve_init(missing, cache_dir=tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").rglob("absent.pt*"))
+    assert not list((tmp_path / "cache").iterdir())  # and no empty folder
     with pytest.raises(ValueError, match="names no file"):
         resolve_init("https://example.org/", cache_dir=tmp_path / "cache")
