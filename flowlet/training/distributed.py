@@ -11,37 +11,30 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from flowlet.data.runtime import DistContext, init_distributed, select_device
+from flowlet.data.runtime import DistContext, init_distributed
 
 __all__ = [
-    "DistInfo",
     "all_reduce_sum",
     "barrier",
     "init_distributed",
-    "resolve_device",
     "shutdown_distributed",
 ]
 
-#: Where this process sits in the job (:class:`flowlet.data.runtime.DistContext`, shared with the brain-age trainer).
-DistInfo = DistContext
-#: ``"auto"`` → the local GPU, else CPU (:func:`flowlet.data.runtime.select_device`).
-resolve_device = select_device
 
-
-def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_reduce_sum(tensor: torch.Tensor, info: DistContext) -> torch.Tensor:
     """Sum ``tensor`` over all processes in place (no-op for a single process) and return it."""
     if info.world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(info: DistContext) -> None:
     """Wait for every process (no-op for a single process)."""
     if info.world_size > 1:
         dist.barrier()
 
 
-def shutdown_distributed(info: DistInfo) -> None:
+def shutdown_distributed(info: DistContext) -> None:
     """Destroy the process group created by :func:`init_distributed`."""
     if info.initialized and dist.is_initialized():
         dist.destroy_process_group()

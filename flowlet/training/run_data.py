@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from flowlet.data.cohort import Cohort, load_cohort, read_image
+from flowlet.data.runtime import DistContext
 from flowlet.training.config import TrainConfig
 from flowlet.training.data import (
     AgeBalance,
@@ -20,7 +21,6 @@ from flowlet.training.data import (
     compute_condition_ranges,
     split_cohort,
 )
-from flowlet.training.distributed import DistInfo
 
 __all__ = ["RunData", "prepare_run_data", "step_loader"]
 
@@ -108,7 +108,7 @@ def step_loader(
     *,
     start_step: int,
     total_steps: int,
-    dist: DistInfo,
+    dist: DistContext,
     device: torch.device,
 ) -> DataLoader:
     """This process's batches of the steps ``start_step .. total_steps - 1`` (see :class:`StepBatchSampler`)."""

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from flowlet.data import keys
+from flowlet.data.runtime import DistContext
 from flowlet.models.config import UNetConfig
 from flowlet.training import distributed as dist_utils
 from flowlet.training.loss import per_sample_band_loss
@@ -117,7 +118,7 @@ def fixed_validation_loss(
     device: torch.device,
     autocast: Callable,
     weights: tuple[float, float],
-    dist: dist_utils.DistInfo,
+    dist: DistContext,
 ) -> dict[str, float] | None:
     """Validation loss with fixed noise and times: the same weights always give the same value.
 

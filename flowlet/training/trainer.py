@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from flowlet.data import keys
 from flowlet.data.cohort import Cohort
-from flowlet.data.runtime import autocast_context
+from flowlet.data.runtime import autocast_context, autocast_dtype
 from flowlet.models.config import UNetConfig
 from flowlet.paths import get_path, get_time_sampler
 from flowlet.training import distributed as dist_utils
@@ -125,7 +125,7 @@ class Trainer:
             name = "bf16" if self.device.type == "cuda" else "fp32"
         if name == "fp16" and self.device.type != "cuda":
             raise ValueError("training.precision 'fp16' needs a CUDA device; use fp32 or bf16")
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], name == "fp16"
+        return autocast_dtype(name), name == "fp16"
 
     def _lr_factor(self, step: int) -> float:
         t = self.config.training

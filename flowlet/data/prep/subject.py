@@ -201,15 +201,16 @@ def verify_scan(
     """A finished scan's result if every output is present and valid and was made from this input with these
     settings, else None (the scan is then processed again). Rejected scans are looked for in ``qc/rejected/``
     (or in place with ``keep_rejected``)."""
-    for rejected in (False, True):
-        names = output_names(job, config, rejected=rejected and not keep_rejected)
+    # With keep_rejected every scan has one place, read once; else each place holds one verdict.
+    for rejected in (False,) if keep_rejected else (False, True):
+        names = output_names(job, config, rejected=rejected)
         found = _verified(job, out_dir, config, names)
         if found is None:
             continue
         qc, seconds = found
         # The verdict is taken again with the current limits; a scan on the wrong side is processed again.
         problems = qc_problems(qc, config.qc)
-        if bool(problems) != rejected:
+        if not keep_rejected and bool(problems) != rejected:
             continue
         status = "rejected" if problems else "ok"
         return ScanResult(
