@@ -161,6 +161,9 @@ class RegionVolumetrics:
         self.region_names_ = self.atlas_.region_names()
         self.csf_ids_ = [i for i, n in self.region_names_.items() if n in self.csf_structures]
         segmenter = self.segmenter if self.segmenter is not None else TissueSegmenter(grid=self.grid_)
+        if self.volumes == "pve" and isinstance(segmenter, TissueSegmenter):
+            # Only these volumes read the linear partial-volume fractions, so only then are they computed.
+            segmenter = clone(segmenter).set_params(pve=True)
         self.segmenter_ = segmenter.fit()
         if isinstance(self.segmenter_, TissueSegmenter):
             self._fit_coarse()
@@ -178,8 +181,11 @@ class RegionVolumetrics:
         priors = {t: block_mean(p, k) for t, p in zip(TISSUES, seg.tissue_priors_)}
         grid = Grid(shape=priors["csf"].shape, affine=affine)
         self.coarse_factor_ = k
-        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass).
-        self.coarse_segmenter_ = clone(seg).set_params(grid=grid, priors=priors, method="gmm").fit()
+        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass),
+        # without the partial-volume fractions of volumes "pve".
+        self.coarse_segmenter_ = (
+            clone(seg).set_params(grid=grid, priors=priors, method="gmm", pve=False).fit()
+        )
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
         self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 
