@@ -59,7 +59,6 @@ from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from configs import config_path
-from flowlet.checkpoint import FlowLetBundle
 from flowlet.export import decode_and_export
 from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
@@ -181,16 +180,7 @@ def run_sampling(args, device, clock: Clock, model_name: str, peak: float | None
     size, save = data_sizes(model_name)
     model = random_model(cfg).to(device)
     flops = forward_flops(model, cfg, size, device)
-    bundle = FlowLetBundle(
-        model=model,
-        model_config=cfg,
-        condition_ranges={"Age": (20.0, 90.0)},
-        model_input_size=size,
-        save_size=save,
-        path_name="rectified",
-        num_flow_steps=None,
-        source_format="flowlet",
-    )
+    bundle = make_bundle(model, cfg, size, save)
 
     def generate(solver, steps, grid, batch, volumes, dtype):
         scfg = SamplingConfig(
