@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from flowlet.data.io import write_json_atomic  # noqa: E402
 from flowlet.data.nifti import load_volume, save_volume  # noqa: E402
 from flowlet.data.prep import PrepConfig, find_scans, output_names, run_prep  # noqa: E402
+from flowlet.data.prep.measures import dice  # noqa: E402
 
 #: ``../shared/data/ixi-dev`` next to the repository, or wherever ``FLOWLET_IXI_DEV`` points.
 DEFAULT_DATA = Path(os.environ.get("FLOWLET_IXI_DEV", ROOT.parent / "shared" / "data" / "ixi-dev"))
@@ -82,8 +83,7 @@ def reference_dice(data_dir: Path, out: Path, qc: pd.DataFrame, config: PrepConf
             labels = reorient_to_ras(load_volume(dseg))
             reference = ndimage.binary_fill_holes(labels.data > 0).astype(np.float32)
             carried = resample_array(reference, np.linalg.inv(matrix) @ labels.affine, grid) > 0.5
-            total = int(mask.sum()) + int(carried.sum())
-            entry["dice_dlmuse"] = 2.0 * float((mask & carried).sum()) / total if total else 0.0
+            entry["dice_dlmuse"] = dice(mask, carried)
         rows.append(entry)
     return pd.DataFrame(rows)
 
