@@ -15,6 +15,7 @@ from scipy import ndimage
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from analysis.config import VOLUME_MODES
 from analysis.region_volumes import COLUMNS, region_tissue_table
 from analysis.registration import (
     block_mean,
@@ -32,9 +33,6 @@ from flowlet.data.nifti import Volume
 logger = logging.getLogger(__name__)
 
 __all__ = ["VOLUME_MODES", "RegionVolumetrics", "grow_csf_structures"]
-
-#: How a voxel's tissue adds to a volume (``RegionVolumetrics(volumes=...)``).
-VOLUME_MODES: tuple[str, ...] = ("fractions", "labels", "pve")
 
 
 def grow_csf_structures(

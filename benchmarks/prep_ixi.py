@@ -37,6 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.config import VOLUME_MODES  # noqa: E402
 from flowlet.data.io import write_json_atomic  # noqa: E402
 from flowlet.data.nifti import load_volume, save_volume  # noqa: E402
 from flowlet.data.prep import PrepConfig, find_scans, output_names, run_prep  # noqa: E402
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--volumes",
-        choices=["fractions", "labels", "pve"],
+        choices=list(VOLUME_MODES),
         default="fractions",
         help="segmentation.volumes of flowlet-eval regions: partial-volume fractions, voxel counts or linear PVE",
     )
