@@ -308,11 +308,17 @@ def _fractions(y: np.ndarray, post: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """Expected class fractions ``(4, V)``: pure posteriors plus mixed posteriors split by linear unmixing."""
     frac = post[:4].copy()
     for j, (a, b) in enumerate(_MIXED):
-        span = mu[b] - mu[a]
-        f_b = np.clip((y - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full_like(y, 0.5)
+        f_b = _mixing_fraction(y, mu, a, b)
         frac[a] += post[4 + j] * (1.0 - f_b)
         frac[b] += post[4 + j] * f_b
     return frac
+
+
+def _mixing_fraction(y: np.ndarray, mu: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Fraction of class ``b`` in a linear mixture of classes ``a`` and ``b`` of intensity ``y``, clipped to [0, 1]
+    (0.5 where the two class means coincide)."""
+    span = mu[b] - mu[a]
+    return np.clip((y - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full_like(y, 0.5)
 
 
 def _linear_pve(y: np.ndarray, post: np.ndarray, mu: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -326,8 +332,7 @@ def _linear_pve(y: np.ndarray, post: np.ndarray, mu: np.ndarray, fractions: np.n
     best = post.argmax(0)
     for j, (a, b) in enumerate(_MIXED):
         mixed = best == 4 + j
-        span = mu[b] - mu[a]
-        f_b = np.clip((y[mixed] - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full(mixed.sum(), 0.5)
+        f_b = _mixing_fraction(y[mixed], mu, a, b)
         pve[:, mixed] = 0.0
         pve[a, mixed] = 1.0 - f_b
         pve[b, mixed] = f_b
