@@ -9,7 +9,17 @@ from typing import Any
 
 from flowlet.data.config import build_section, to_plain
 
-__all__ = ["AtlasConfig", "EvalConfig", "PrivacyConfig", "QualityConfig", "SegmentationConfig"]
+__all__ = [
+    "VOLUME_MODES",
+    "AtlasConfig",
+    "EvalConfig",
+    "PrivacyConfig",
+    "QualityConfig",
+    "SegmentationConfig",
+]
+
+#: How a voxel's tissue adds to a volume (``segmentation.volumes``, ``RegionVolumetrics(volumes=...)``).
+VOLUME_MODES: tuple[str, ...] = ("fractions", "labels", "pve")
 
 
 @dataclass(frozen=True)
@@ -103,10 +113,10 @@ def _check_ranges(config: EvalConfig, source: str) -> None:
             raise ValueError(
                 f"{source}: {key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
             )
-    if config.segmentation.volumes not in ("fractions", "labels", "pve"):
+    if config.segmentation.volumes not in VOLUME_MODES:
+        *first, last = map(repr, VOLUME_MODES)
         raise ValueError(
-            f"{source}: segmentation.volumes = {config.segmentation.volumes!r}; "
-            "expected 'fractions', 'labels' or 'pve'"
+            f"{source}: segmentation.volumes = {config.segmentation.volumes!r}; expected {', '.join(first)} or {last}"
         )
     if not all(0 <= b <= 120 for b in config.age_bins):
         raise ValueError(f"{source}: age_bins = {list(config.age_bins)}; expected ages in [0, 120] years")

@@ -53,6 +53,8 @@ class TissueSegmenter(BaseEstimator):
         partial_volume: model voxels that mix two adjacent classes (background/CSF, CSF/GM, GM/WM) as classes
             of their own, with a uniform mixing fraction; the returned maps are then expected tissue *fractions*
             (volumes stay unbiased at coarse resolution, where most cortical voxels are mixed).
+        pve: also compute the linear partial-volume fractions (:attr:`TissueMaps.pve`, what
+            :meth:`TissueMaps.as_pve` and ``volumes="pve"`` read); needs ``partial_volume`` and ``method="gmm"``.
         margin_mm: dilation of the prior brain mask (head-size and registration differences).
         prior_floor: weight of the uniform distribution mixed into the priors (0 = trust the template fully).
         method: ``"gmm"`` (default) or ``"atropos"`` (needs ``antspyx``).
@@ -75,6 +77,7 @@ class TissueSegmenter(BaseEstimator):
         prior_floor: float = 0.05,
         bias_sigma_mm: float = 30.0,
         partial_volume: bool = True,
+        pve: bool = False,
         method: str = "gmm",
         random_state: int = 0,
     ) -> None:
@@ -89,6 +92,7 @@ class TissueSegmenter(BaseEstimator):
         self.prior_floor = prior_floor
         self.bias_sigma_mm = bias_sigma_mm
         self.partial_volume = partial_volume
+        self.pve = pve
         self.method = method
         self.random_state = random_state
 
@@ -201,7 +205,7 @@ class TissueSegmenter(BaseEstimator):
         n_iter: int,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float], dict[str, float], np.ndarray]:
         """Fractions ``(4, V)`` (background, CSF, GM, WM), linear partial-volume fractions ``(4, V)`` (None without
-        mixed classes), class means, variances and the log bias ``(V,)``."""
+        mixed classes or ``pve``), class means, variances and the log bias ``(V,)``."""
         prior = np.asarray(prior, np.float32) + np.float32(_EPS)
         prior = prior / prior.sum(0, keepdims=True)
         if start is not None:
@@ -219,7 +223,8 @@ class TissueSegmenter(BaseEstimator):
         if not self.partial_volume:
             return post[:4], None, *_class_parameters(mu, var), log_bias
         fractions = _fractions(y, post, mu)
-        return fractions, _linear_pve(y, post, mu, fractions), *_class_parameters(mu, var), log_bias
+        pve = _linear_pve(y, post, mu, fractions) if self.pve else None
+        return fractions, pve, *_class_parameters(mu, var), log_bias
 
     def _posteriors(self, y: np.ndarray, prior: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Class posteriors ``(4 + M, V)``: 4 pure classes, then the mixed classes of :data:`_MIXED` if enabled."""
@@ -303,11 +308,17 @@ def _fractions(y: np.ndarray, post: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """Expected class fractions ``(4, V)``: pure posteriors plus mixed posteriors split by linear unmixing."""
     frac = post[:4].copy()
     for j, (a, b) in enumerate(_MIXED):
-        span = mu[b] - mu[a]
-        f_b = np.clip((y - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full_like(y, 0.5)
+        f_b = _mixing_fraction(y, mu, a, b)
         frac[a] += post[4 + j] * (1.0 - f_b)
         frac[b] += post[4 + j] * f_b
     return frac
+
+
+def _mixing_fraction(y: np.ndarray, mu: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Fraction of class ``b`` in a linear mixture of classes ``a`` and ``b`` of intensity ``y``, clipped to [0, 1]
+    (0.5 where the two class means coincide)."""
+    span = mu[b] - mu[a]
+    return np.clip((y - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full_like(y, 0.5)
 
 
 def _linear_pve(y: np.ndarray, post: np.ndarray, mu: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -321,8 +332,7 @@ def _linear_pve(y: np.ndarray, post: np.ndarray, mu: np.ndarray, fractions: np.n
     best = post.argmax(0)
     for j, (a, b) in enumerate(_MIXED):
         mixed = best == 4 + j
-        span = mu[b] - mu[a]
-        f_b = np.clip((y[mixed] - mu[a]) / span, 0.0, 1.0) if abs(span) > 1e-12 else np.full(mixed.sum(), 0.5)
+        f_b = _mixing_fraction(y[mixed], mu, a, b)
         pve[:, mixed] = 0.0
         pve[a, mixed] = 1.0 - f_b
         pve[b, mixed] = f_b

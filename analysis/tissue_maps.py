@@ -40,7 +40,7 @@ class TissueMaps:
         variances: fitted class variances, by class; empty when ``means`` is.
         log_bias: ``(X, Y, Z)`` estimated log multiplicative bias field (0 outside the mask), if any.
         pve: ``{"csf", "gm", "wm"}`` → ``(X, Y, Z)`` linear partial-volume fractions (:meth:`as_pve`), where the
-            segmenter models mixed voxels; else None.
+            segmenter models mixed voxels and was asked for them (``TissueSegmenter(pve=True)``); else None.
     """
 
     probabilities: dict[str, np.ndarray]
@@ -93,8 +93,8 @@ class TissueMaps:
         """
         if self.pve is None:
             raise ValueError(
-                "these tissue maps have no partial-volume fractions (a segmenter with partial_volume=True "
-                "and method='gmm' makes them); use volumes 'fractions' or 'labels'"
+                "these tissue maps have no partial-volume fractions (a segmenter with pve=True, "
+                "partial_volume=True and method='gmm' makes them); use volumes 'fractions' or 'labels'"
             )
         return replace(self, probabilities=dict(self.pve), pve=None)
 

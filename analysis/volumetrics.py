@@ -15,6 +15,7 @@ from scipy import ndimage
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from analysis.config import VOLUME_MODES
 from analysis.region_volumes import COLUMNS, region_tissue_table
 from analysis.registration import (
     block_mean,
@@ -32,9 +33,6 @@ from flowlet.data.nifti import Volume
 logger = logging.getLogger(__name__)
 
 __all__ = ["VOLUME_MODES", "RegionVolumetrics", "grow_csf_structures"]
-
-#: How a voxel's tissue adds to a volume (``RegionVolumetrics(volumes=...)``).
-VOLUME_MODES: tuple[str, ...] = ("fractions", "labels", "pve")
 
 
 def grow_csf_structures(
@@ -161,6 +159,9 @@ class RegionVolumetrics:
         self.region_names_ = self.atlas_.region_names()
         self.csf_ids_ = [i for i, n in self.region_names_.items() if n in self.csf_structures]
         segmenter = self.segmenter if self.segmenter is not None else TissueSegmenter(grid=self.grid_)
+        if self.volumes == "pve" and isinstance(segmenter, TissueSegmenter):
+            # Only these volumes read the linear partial-volume fractions, so only then are they computed.
+            segmenter = clone(segmenter).set_params(pve=True)
         self.segmenter_ = segmenter.fit()
         if isinstance(self.segmenter_, TissueSegmenter):
             self._fit_coarse()
@@ -178,8 +179,11 @@ class RegionVolumetrics:
         priors = {t: block_mean(p, k) for t, p in zip(TISSUES, seg.tissue_priors_)}
         grid = Grid(shape=priors["csf"].shape, affine=affine)
         self.coarse_factor_ = k
-        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass).
-        self.coarse_segmenter_ = clone(seg).set_params(grid=grid, priors=priors, method="gmm").fit()
+        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass),
+        # without the partial-volume fractions of volumes "pve".
+        self.coarse_segmenter_ = (
+            clone(seg).set_params(grid=grid, priors=priors, method="gmm", pve=False).fit()
+        )
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
         self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 

@@ -27,19 +27,18 @@ volume, comparable with ``benchmarks.md`` §0.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import torch
+from _common import log, sync
 
 from flowlet.batching import auto_batch_size
 from flowlet.checkpoint import FlowLetBundle
 from flowlet.export import decode_and_export
 from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
 
-log = logging.getLogger("benchmarks")
 DEFAULT_SAMPLER = ("midpoint", 10, "cosine")
 SWEEP_VARIANTS = ("eager", "channels_last", "cudnn_benchmark")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
@@ -90,12 +89,10 @@ def generate(bundle: FlowLetBundle, config: SamplingConfig, volumes: int) -> tor
 
 
 def timed(device: torch.device, fn: Callable[[], object]) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
 
 

@@ -54,14 +54,13 @@ from _throughput import (
     run_profile,
     run_sweep,
 )
+from _throughput import generate as generate_volumes
 from _throughput import run_compile as run_compile_modes
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from configs import config_path
-from flowlet.checkpoint import FlowLetBundle
-from flowlet.export import decode_and_export
-from flowlet.sampling import SamplingConfig, generate_wavelets, sample_seeds
+from flowlet.sampling import SamplingConfig
 
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16
 SOLVERS = {"euler-100": ("euler", 100, "uniform"), "midpoint-10-cosine": ("midpoint", 10, "cosine")}
@@ -181,16 +180,7 @@ def run_sampling(args, device, clock: Clock, model_name: str, peak: float | None
     size, save = data_sizes(model_name)
     model = random_model(cfg).to(device)
     flops = forward_flops(model, cfg, size, device)
-    bundle = FlowLetBundle(
-        model=model,
-        model_config=cfg,
-        condition_ranges={"Age": (20.0, 90.0)},
-        model_input_size=size,
-        save_size=save,
-        path_name="rectified",
-        num_flow_steps=None,
-        source_format="flowlet",
-    )
+    bundle = make_bundle(model, cfg, size, save)
 
     def generate(solver, steps, grid, batch, volumes, dtype):
         scfg = SamplingConfig(
@@ -201,10 +191,7 @@ def run_sampling(args, device, clock: Clock, model_name: str, peak: float | None
             device=str(device),
             autocast_dtype=dtype,
         )
-        ages = [20.0 + 70.0 * (i + 0.5) / volumes for i in range(volumes)]
-        decode_and_export(
-            generate_wavelets(bundle, ages, sample_seeds(0, volumes), scfg, progress=False), save
-        )
+        generate_volumes(bundle, scfg, volumes)
 
     generate("euler", 1, "uniform", 1, 1, "bf16" if device.type == "cuda" else None)  # warm-up
     plan = []

@@ -31,9 +31,10 @@ from scipy import ndimage, stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.segmentation import TissueSegmenter  # noqa: E402
 from analysis.volumetrics import RegionVolumetrics  # noqa: E402
 from flowlet.data.cohort import read_image  # noqa: E402
-from flowlet.data.grid import resample_array  # noqa: E402
+from flowlet.data.grid import mni_grid, resample_array  # noqa: E402
 from flowlet.data.io import write_json_atomic  # noqa: E402
 from flowlet.data.nifti import load_volume  # noqa: E402
 from flowlet.data.preprocessing import reorient_to_ras  # noqa: E402
@@ -80,7 +81,8 @@ def zones(image: np.ndarray, atlas: np.ndarray, grid) -> dict[str, np.ndarray]:
 
 
 def measure(prep: Path, data_dir: Path) -> pd.DataFrame:
-    vol = RegionVolumetrics("harvard-oxford").fit()
+    # Every volumes mode from one segmentation: the fractions, with the linear partial-volume ones beside them.
+    vol = RegionVolumetrics("harvard-oxford", segmenter=TissueSegmenter(grid=mni_grid(2.0), pve=True)).fit()
     ages = pd.read_csv(data_dir / "participants.tsv", sep="\t").set_index("participant_id")["age"]
     rows = []
     for anat in sorted(prep.glob("sub-*/anat")):

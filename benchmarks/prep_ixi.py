@@ -37,13 +37,17 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.config import VOLUME_MODES  # noqa: E402
 from flowlet.data.io import write_json_atomic  # noqa: E402
 from flowlet.data.nifti import load_volume, save_volume  # noqa: E402
 from flowlet.data.prep import PrepConfig, find_scans, output_names, run_prep  # noqa: E402
+from flowlet.data.prep.measures import dice  # noqa: E402
 
 #: ``../shared/data/ixi-dev`` next to the repository, or wherever ``FLOWLET_IXI_DEV`` points.
 DEFAULT_DATA = Path(os.environ.get("FLOWLET_IXI_DEV", ROOT.parent / "shared" / "data" / "ixi-dev"))
 CORRECT_DICE = 0.90
+#: The QC measures of each scan (flowlet.data.prep), reported beside the Dice with the DLMUSE mask.
+QC_MEASURES = ("ncc", "brain_mask_dice", "affine_determinant", "scale_min", "scale_max")
 #: DLMUSE reference columns (mL) -> (atlas regions summed, tissue) in the flowlet-eval regions table.
 #: The hippocampus is reported twice: its grey matter (the bar: DLMUSE's hippocampus label is grey matter, while
 #: the atlas region carried onto a subject also covers CSF of the temporal horn and white matter) and every
@@ -80,10 +84,21 @@ def reference_dice(data_dir: Path, out: Path, qc: pd.DataFrame, config: PrepConf
             labels = reorient_to_ras(load_volume(dseg))
             reference = ndimage.binary_fill_holes(labels.data > 0).astype(np.float32)
             carried = resample_array(reference, np.linalg.inv(matrix) @ labels.affine, grid) > 0.5
-            total = int(mask.sum()) + int(carried.sum())
-            entry["dice_dlmuse"] = 2.0 * float((mask & carried).sum()) / total if total else 0.0
+            entry["dice_dlmuse"] = dice(mask, carried)
         rows.append(entry)
     return pd.DataFrame(rows)
+
+
+def scored_scans(
+    data_dir: Path, out: Path, qc: pd.DataFrame, config: PrepConfig, extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """:func:`reference_dice` of one prep run with the ``extra`` and QC columns of its ``qc`` table beside it, and
+    whether the mask is correct (Dice ≥ :data:`CORRECT_DICE`)."""
+    scored = reference_dice(data_dir, out, qc, config).merge(
+        qc[["subject_id", *extra, "reason", *QC_MEASURES]], on="subject_id"
+    )
+    scored["correct"] = scored["dice_dlmuse"] >= CORRECT_DICE
+    return scored
 
 
 def make_broken(data_dir: Path, target: Path, subject: str) -> Path:
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--volumes",
-        choices=["fractions", "labels", "pve"],
+        choices=list(VOLUME_MODES),
         default="fractions",
         help="segmentation.volumes of flowlet-eval regions: partial-volume fractions, voxel counts or linear PVE",
     )
@@ -263,23 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     load_after = os.getloadavg()
     qc = report.qc
-    scored = reference_dice(args.data, out, qc, config).merge(
-        qc[
-            [
-                "subject_id",
-                "seconds",
-                "resumed",
-                "reason",
-                "ncc",
-                "brain_mask_dice",
-                "affine_determinant",
-                "scale_min",
-                "scale_max",
-            ]
-        ],
-        on="subject_id",
-    )
-    scored["correct"] = scored["dice_dlmuse"] >= CORRECT_DICE
+    scored = scored_scans(args.data, out, qc, config, extra=("seconds", "resumed"))
     incorrect = scored[~scored["correct"]]
     missed = incorrect[incorrect["status"] == "ok"]
     false_alarms = scored[scored["correct"] & (scored["status"] != "ok")]
@@ -294,21 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         base = run_prep(
             base_dir, base_out, config=old, jobs=args.jobs, threads_per_job=args.threads, progress=False
         )
-        baseline = reference_dice(args.data, base_out, base.qc, old).merge(
-            base.qc[
-                [
-                    "subject_id",
-                    "reason",
-                    "ncc",
-                    "brain_mask_dice",
-                    "affine_determinant",
-                    "scale_min",
-                    "scale_max",
-                ]
-            ],
-            on="subject_id",
-        )
-        baseline["correct"] = baseline["dice_dlmuse"] >= CORRECT_DICE
+        baseline = scored_scans(args.data, base_out, base.qc, old)
     broken_dir = make_broken(args.data, args.work / "broken_bids", "IXI012")
     broken = run_prep(broken_dir, args.work / "broken_prep", config=config, jobs=args.jobs, progress=False)
     # Seconds of resumed scans come from their sidecars (the run that computed them).
@@ -350,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 round(float(scored.loc[scored.status == "ok", m].min()), 3),
                 round(float(scored.loc[scored.status == "ok", m].max()), 3),
             ]
-            for m in ("ncc", "brain_mask_dice", "affine_determinant", "scale_min", "scale_max")
+            for m in QC_MEASURES
         },
         "broken_inputs": broken.qc[["subject_id", "status", "reason"]].to_dict(orient="records"),
         "without_brain_extraction": None
@@ -369,19 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.json, result)
 
     print(
-        scored[
-            [
-                "subject_id",
-                "status",
-                "dice_dlmuse",
-                "ncc",
-                "brain_mask_dice",
-                "affine_determinant",
-                "scale_min",
-                "scale_max",
-                "seconds",
-            ]
-        ]
+        scored[["subject_id", "status", "dice_dlmuse", *QC_MEASURES, "seconds"]]
         .round(3)
         .to_string(index=False)
     )
@@ -396,22 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if baseline is not None:
         print("without brain extraction:")
-        print(
-            baseline[
-                [
-                    "subject_id",
-                    "status",
-                    "dice_dlmuse",
-                    "ncc",
-                    "brain_mask_dice",
-                    "affine_determinant",
-                    "scale_min",
-                    "scale_max",
-                ]
-            ]
-            .round(3)
-            .to_string(index=False)
-        )
+        print(baseline[["subject_id", "status", "dice_dlmuse", *QC_MEASURES]].round(3).to_string(index=False))
     if args.regions:
         print(json.dumps(result["regions"], indent=1))
     print(f"JSON: {args.json}")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from scipy import ndimage
+from sklearn.base import clone
 
 from analysis.metrics import dice
 from analysis.segmentation import TissueSegmenter
@@ -146,7 +147,7 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
         tables[mode] = vol.transform([Volume(image, GRID.affine)]).set_index(["region", "tissue"])[
             "volume_mm3"
         ]
-    maps = segmenter.fit().transform(Volume(image, GRID.affine))
+    maps = clone(segmenter).set_params(pve=True).fit().transform(Volume(image, GRID.affine))
     hard = maps.hard_labels()
     counted = maps.as_labels()
     assert np.array_equal(counted.hard_labels(), hard)
@@ -248,9 +249,9 @@ def test_linear_pve_recovers_the_gm_volume_of_mixed_voxels(gm_radius, seed):
     mixed = (fractions["gm"] > 0.05) & (fractions["gm"] < 0.95)
     truth = float(fractions["gm"].sum())
     volume = Volume(image, GRID.affine)
-    maps = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0).fit().transform(volume)
+    maps = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0, pve=True).fit().transform(volume)
     pve = maps.as_pve()
-    plain = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0, partial_volume=False).fit()
+    plain = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0, partial_volume=False, pve=True).fit()
     posterior = plain.transform(volume).probabilities["gm"]
     gm = {"pve": pve.probabilities["gm"], "posterior": posterior, "fractions": maps.probabilities["gm"]}
     error = {name: abs(float(g.sum()) / truth - 1.0) for name, g in gm.items()}
@@ -270,3 +271,37 @@ def test_linear_pve_recovers_the_gm_volume_of_mixed_voxels(gm_radius, seed):
     assert np.array_equal(pve.probabilities["gm"][pure], maps.probabilities["gm"][pure])
     with pytest.raises(ValueError, match="no partial-volume fractions"):
         plain.transform(volume).as_pve()
+
+
+def test_partial_volume_fractions_are_computed_only_for_volumes_pve():
+    """The linear partial-volume fractions are made only where asked (``pve=True``, which ``volumes="pve"`` sets on a
+    copy of the segmenter); the fractions beside them are the same either way."""
+    import pandas as pd
+
+    from analysis.volumetrics import RegionVolumetrics
+    from flowlet.data.templates import Atlas
+
+    image, fractions = _gm_sphere_in_csf(7.7, 1)
+    priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
+    volume = Volume(image, GRID.affine)
+    segmenter = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0)
+    plain = clone(segmenter).fit().transform(volume)
+    with_pve = clone(segmenter).set_params(pve=True).fit().transform(volume)
+    assert plain.pve is None and with_pve.pve is not None
+    for tissue in TISSUES:
+        assert np.array_equal(plain.probabilities[tissue], with_pve.probabilities[tissue])
+    with pytest.raises(ValueError, match="no partial-volume fractions"):
+        plain.as_pve()
+    regions = (sum(fractions.values()) > 0).astype(np.int32)
+    atlas = Atlas(
+        name="sphere",
+        labels=regions,
+        affine=GRID.affine,
+        table=pd.DataFrame({"index": [1], "name": ["sphere"]}),
+    )
+    for mode in ("fractions", "labels", "pve"):
+        vol = RegionVolumetrics(atlas, grid=GRID, segmenter=segmenter, volumes=mode).fit()
+        maps, _ = vol.segment(volume)
+        assert vol.segmenter_.pve is (mode == "pve") and vol.coarse_segmenter_.pve is False
+        assert maps.pve is None
+    assert segmenter.pve is False
