@@ -135,7 +135,9 @@ class Trainer:
         )
 
     def _autocast(self):
-        if self.autocast_dtype is None:  # fp32 training also switches off an autocast opened around the trainer
+        if (
+            self.autocast_dtype is None
+        ):  # fp32 training also switches off an autocast opened around the trainer
             return torch.autocast(self.device.type, enabled=False)
         return autocast_context(self.device, self.autocast_dtype, cuda_only=False)
 
