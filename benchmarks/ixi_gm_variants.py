@@ -20,6 +20,7 @@ Usage::
     python benchmarks/ixi_gm_variants.py resample --prep /tmp/prep_ixi/prep --out /tmp/gm/cubic --order 3
     python benchmarks/ixi_gm_variants.py native --prep /tmp/prep_ixi/prep --out /tmp/gm/native
     python benchmarks/ixi_gm_variants.py background-gm --prep /tmp/prep_ixi/prep --out /tmp/gm/bggm
+    python benchmarks/prep_ixi.py --correlate /tmp/gm/bggm/regions
 """
 
 from __future__ import annotations
@@ -203,31 +204,37 @@ def summarise(table: pd.DataFrame, data_dir: Path) -> dict:
     """Pearson r, MAE and the age correlation of measured/reference per measure and way."""
     reference = pd.read_csv(data_dir / "derivatives" / "dlmuse" / "volumes.tsv", sep="\t")
     ages = pd.read_csv(data_dir / "participants.tsv", sep="\t")[["participant_id", "age"]]
-    reference = reference.merge(ages, on="participant_id").set_index("participant_id")
+    reference = reference.drop(columns=["age"], errors="ignore").merge(ages, on="participant_id")
+    reference = reference.set_index("participant_id")
     result: dict = {}
     for way, part in table.groupby("way"):
-        merged = part.set_index("subject").join(reference, rsuffix="_ref")
+        merged = part.set_index("subject").join(reference.add_suffix("_ref"))
         result[way] = {"gm_soft_dice_mean": round(float(merged["gm_soft_dice"].mean()), 4)}
         for name, (_, _, column) in MEASURES.items():
             measured = merged[name]
-            truth = merged[column if column != name else f"{name}_ref"]
+            truth = merged[f"{column}_ref"]
             result[way][name] = {
                 "r": round(float(stats.pearsonr(measured, truth)[0]), 3),
                 "mae_ml": round(float((measured - truth).abs().mean()), 1),
                 "mean_ml": round(float(measured.mean()), 1),
-                "ratio_age_r": round(float(stats.pearsonr(measured / truth, merged["age"])[0]), 3),
+                "ratio_age_r": round(float(stats.pearsonr(measured / truth, merged["age_ref"])[0]), 3),
             }
     return result
 
 
-def background_gm_variant(prep: Path, out: Path) -> None:
-    """(c): ``flowlet-eval regions`` with a background/GM mixed class (in this process, one job)."""
+def background_gm_variant(prep: Path, out: Path, data_dir: Path) -> None:
+    """(c): ``flowlet-eval regions`` and the voxel-wise diagnosis with a background/GM mixed class (in this
+    process, one job), into ``out/regions`` and ``out/diagnosis.json``."""
+    import ixi_tissue_diagnosis
+
     from pipelines.eval.cli import main as eval_main
 
     segmentation._MIXED = (*segmentation._MIXED, (0, 2))
-    code = eval_main(["regions", "--cohort", str(prep), "--out", str(out), "--jobs", "1"])
+    code = eval_main(["regions", "--cohort", str(prep), "--out", str(out / "regions"), "--jobs", "1"])
     if code:
         raise SystemExit(code)
+    table = ixi_tissue_diagnosis.measure(prep, data_dir)
+    write_json_atomic(out / "diagnosis.json", {"zones": ixi_tissue_diagnosis.summarise(table)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant == "resample":
         resample_variant(args.prep, args.out, args.data, args.order)
     elif args.variant == "background-gm":
-        background_gm_variant(args.prep, args.out)
+        background_gm_variant(args.prep, args.out, args.data)
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         result = summarise(native_variant(args.prep, args.out, args.data), args.data)
