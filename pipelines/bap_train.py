@@ -284,15 +284,12 @@ def _read_table(path: str):
 
 
 def _on_mni_grid(path: str):
+    """The MNI152 grid that the scan at ``path`` lies on (any size cohorts read), or None."""
     from flowlet.data.cohort import read_image
-    from flowlet.data.grid import mni_grid, same_grid
+    from flowlet.data.grid import find_mni_grid
 
     volume = read_image(path)
-    for size in (1.0, 2.0, 4.0):
-        grid = mni_grid(size)
-        if same_grid(volume.affine, volume.data.shape, grid.affine, tuple(grid.shape)):
-            return grid
-    return None
+    return find_mni_grid(volume.affine, volume.data.shape)
 
 
 def _measured_volumes(data, grid):
