@@ -25,7 +25,15 @@ from flowlet.data.keys import AGE, PATH, SEX, SITE, SUBJECT_ID
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_ID", "CohortMeasures", "decode_roi", "load_normalised", "measure_cohort", "roi_codes"]
+__all__ = [
+    "IMAGE_ID",
+    "CohortMeasures",
+    "decode_roi",
+    "load_normalised",
+    "measure_cohort",
+    "roi_codes",
+    "usable_groups",
+]
 
 IMAGE_ID = "image_id"
 
@@ -97,7 +105,7 @@ def measure_cohort(
         :class:`CohortMeasures`.
     """
     names = volumetrics.region_names_
-    groups = _usable_groups(combined_regions or {}, set(names.values()))
+    groups = usable_groups(combined_regions or {}, set(names.values()))
     out = CohortMeasures(volumes=pd.DataFrame(), features=np.empty((0, 0)), image_ids=[])
     rows = table.to_dict(orient="records")
     options = {"features": features, "keep_images": keep_images}
@@ -191,7 +199,9 @@ def _measure_in_worker(row: dict) -> dict:
     return _measure_one(row, _WORKER["volumetrics"], **_WORKER["options"])
 
 
-def _usable_groups(groups: Mapping[str, Sequence[str]], available: set[str]) -> dict[str, Sequence[str]]:
+def usable_groups(groups: Mapping[str, Sequence[str]], available: set[str]) -> dict[str, Sequence[str]]:
+    """The combined regions whose members are all ``available`` (the atlas's region names); the others are
+    skipped, with a log line, so that an atlas without e.g. the hippocampus still gives every other region."""
     usable = {}
     for name, members in groups.items():
         missing = sorted(set(members) - available)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,13 @@ def finish_run(
     *,
     selected_on_val: bool = True,
     write: bool = True,
+    extend_summary: Callable[[pd.DataFrame, dict[str, Any]], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Predict every scan with ``run_dir/best.pt`` and, when ``write`` (rank 0), store the bias correction in it and
     write ``predictions.csv``, ``test_metrics.csv`` and ``summary.json``.
+
+    ``extend_summary(predictions, summary)`` runs with ``write``, before ``summary.json`` is written (once): it may
+    add entries to the summary and write its own files into ``run_dir``.
 
     Returns:
         The predictions table and the summary.
@@ -103,6 +108,8 @@ def finish_run(
         save_checkpoint(run_dir / "best.pt", {**best.payload, "bias_correction": summary["bias_correction"]})
         write_table_atomic(run_dir / "predictions.csv", frame)
         _write_test_metrics(cfg, frame, run_dir)
+        if extend_summary is not None:
+            extend_summary(frame, summary)
         write_json_atomic(run_dir / "summary.json", summary)
     return frame, summary
 

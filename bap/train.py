@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ def train(
     draw_weights: np.ndarray | None = None,
     loss_weights: np.ndarray | None = None,
     allow_no_validation: bool = False,
+    extend_summary: Callable[[pd.DataFrame, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train one brain-age model and evaluate it.
 
@@ -194,6 +196,8 @@ def train(
         loss_weights: one weight per training scan multiplying its loss (re-weighting).
         allow_no_validation: train a split without real validation scans, keeping the last epoch (see the module
             docstring); without it such a split is an error.
+        extend_summary: ``(predictions, summary)`` hook run on the main process before ``summary.json`` is written
+            (see :func:`bap.final.finish_run`).
 
     Returns:
         :class:`TrainResult`; the predictions use the best-validation checkpoint.
@@ -232,6 +236,13 @@ def train(
     if run.world_size > 1:
         dist.barrier()
     frame, summary = finish_run(
-        cfg, data, run_dir, state, run.device, selected_on_val=setup.select_on_val, write=run.is_main
+        cfg,
+        data,
+        run_dir,
+        state,
+        run.device,
+        selected_on_val=setup.select_on_val,
+        write=run.is_main,
+        extend_summary=extend_summary,
     )
     return TrainResult(run_dir, state.best_epoch, state.best_val_mae, frame, summary)

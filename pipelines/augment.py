@@ -196,10 +196,11 @@ def plan_augmentation(real_ages, options: AugmentOptions):
     )
 
 
-def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
+def augment(real_ages, options: AugmentOptions, *, locked: bool = False, plan=None):
     """Plan and generate; returns ``(plan, AugmentResult)``. Reruns resume (see ``flowlet.augment.writer``).
 
     ``locked``: the caller holds this shard's lock on ``options.out`` already (:func:`run` does).
+    ``plan``: :func:`plan_augmentation` of ``real_ages`` and ``options``, when the caller has made it already.
     """
     import numpy as np
 
@@ -211,7 +212,7 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False):
     from flowlet.sampling import SamplingConfig
 
     shard = parse_shard(options.shard)
-    plan = plan_augmentation(real_ages, options)
+    plan = plan if plan is not None else plan_augmentation(real_ages, options)
     bundle = load_checkpoint(
         options.checkpoint,
         revision=options.revision,
@@ -349,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     ) as folder:
         # Replacing earlier brains deletes their subject folders: only in a folder this command wrote.
         options = replace(options, overwrite=options.overwrite and folder.own)
-        _, result = _flag_errors(augment, ages, options, locked=True)
+        _, result = _flag_errors(augment, ages, options, locked=True, plan=plan)
     print(
         f"wrote {result.generated} brains ({result.skipped} already complete) of {result.total} to {result.out_dir}"
     )

@@ -135,7 +135,7 @@ def _volume_check(reference: str, tolerance: float, affine):
     """
     import numpy as np
 
-    from analysis.evaluation import measure_cohort
+    from analysis.evaluation import measure_cohort, usable_groups
     from analysis.fidelity import DEFAULT_STRUCTURES, structure_table
     from analysis.region_volumes import combine_regions, region_tissue_table
     from flowlet.data.nifti import Volume
@@ -144,8 +144,9 @@ def _volume_check(reference: str, tolerance: float, affine):
     structures = {k: DEFAULT_STRUCTURES[k] for k in _GATE_STRUCTURES}
     config = load_config(voxel_size=float(abs(np.asarray(affine)[0, 0])))
     vol = build_volumetrics(config, "none", False)
+    groups = usable_groups(config.combined_regions, set(vol.region_names_.values()))  # measure_cohort's rule
     real = structure_table(
-        measure_cohort(cohort_table(reference, None), vol, combined_regions=config.combined_regions, features=False,
+        measure_cohort(cohort_table(reference, None), vol, combined_regions=groups, features=False,
                        progress=False).volumes,
         structures,
     )  # fmt: skip
@@ -167,9 +168,7 @@ def _volume_check(reference: str, tolerance: float, affine):
         reasons = []
         for volume, age in zip(volumes, ages):
             maps, labels = vol.segment(Volume(np.asarray(volume, np.float32), np.asarray(affine)))
-            table = combine_regions(
-                region_tissue_table(maps, labels, vol.region_names_), config.combined_regions
-            )
+            table = combine_regions(region_tissue_table(maps, labels, vol.region_names_), groups)
             table = structure_table(table.assign(image_id="x", age=age), structures)
             off = []
             for row in table.itertuples():

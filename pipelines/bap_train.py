@@ -258,8 +258,14 @@ def _train(args: argparse.Namespace, cfg, real, synthetic, test, arms, filtered)
         return 0
     data = prepare_data(real, cfg.data, synthetic=synthetic, test=test)
     features = _baseline_features(args, data)
-    result = train(cfg, data, args.out, resume=args.resume, progress=not args.no_progress)
-    _report_baseline(result, data, features)
+    result = train(
+        cfg,
+        data,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        extend_summary=_baseline_report(Path(args.out), data, features),
+    )
     test_metrics = result.summary["splits"].get("test", {})
     logger.info(
         "best epoch %d, val MAE %.3f, test MAE %s -> %s",
@@ -284,15 +290,12 @@ def _read_table(path: str):
 
 
 def _on_mni_grid(path: str):
+    """The MNI152 grid that the scan at ``path`` lies on (any size cohorts read), or None."""
     from flowlet.data.cohort import read_image
-    from flowlet.data.grid import mni_grid, same_grid
+    from flowlet.data.grid import find_mni_grid
 
     volume = read_image(path)
-    for size in (1.0, 2.0, 4.0):
-        grid = mni_grid(size)
-        if same_grid(volume.affine, volume.data.shape, grid.affine, tuple(grid.shape)):
-            return grid
-    return None
+    return find_mni_grid(volume.affine, volume.data.shape)
 
 
 def _measured_volumes(data, grid):
@@ -335,37 +338,38 @@ def _baseline_features(args: argparse.Namespace, data):
     return _measured_volumes(data, grid)
 
 
-def _report_baseline(result, data, features) -> None:
-    """Fit the ridge baseline on the run's training subjects; write its predictions and ``results.csv``."""
-    import os
+def _baseline_report(run_dir: Path, data, features):
+    """The ``extend_summary`` hook of :func:`bap.train.train` (run on the main process before ``summary.json`` is
+    written): fit the ridge baseline on the run's training subjects, write its predictions and ``results.csv``, and
+    add both to the summary."""
 
-    from bap.baseline import fit_ridge_baseline, results_table
-    from flowlet.data import keys
-    from flowlet.data.io import write_json_atomic, write_table_atomic
+    def extend(predictions, summary: dict) -> None:
+        from bap.baseline import fit_ridge_baseline, results_table
+        from flowlet.data import keys
+        from flowlet.data.io import write_table_atomic
 
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    real = result.predictions[result.predictions["source"] == "real"]
-    frames = {"cnn": real}
-    if features is not None:
-        ridge = fit_ridge_baseline(data.table, features)
-        write_table_atomic(result.run_dir / "baseline_predictions.csv", ridge.predictions)
-        frames["ridge"] = ridge.predictions
-        result.summary["baseline"] = {
-            "model": "StandardScaler + RidgeCV",
-            "alpha": ridge.alpha,
-            "n_features": ridge.n_features,
-            "scans_without_features": ridge.missing,
+        real = predictions[predictions["source"] == "real"]
+        frames = {"cnn": real}
+        if features is not None:
+            ridge = fit_ridge_baseline(data.table, features)
+            write_table_atomic(run_dir / "baseline_predictions.csv", ridge.predictions)
+            frames["ridge"] = ridge.predictions
+            summary["baseline"] = {
+                "model": "StandardScaler + RidgeCV",
+                "alpha": ridge.alpha,
+                "n_features": ridge.n_features,
+                "scans_without_features": ridge.missing,
+            }
+        train_mean = float(real.loc[real[keys.SPLIT] == "train", keys.AGE].mean())
+        table = results_table(frames, train_mean)
+        write_table_atomic(run_dir / "results.csv", table)
+        summary["results_mae_years"] = {
+            model: dict(zip(rows[keys.SPLIT], rows["mae_years"]))
+            for model, rows in table.groupby("model", sort=False)
         }
-    train_mean = float(real.loc[real[keys.SPLIT] == "train", keys.AGE].mean())
-    table = results_table(frames, train_mean)
-    write_table_atomic(result.run_dir / "results.csv", table)
-    result.summary["results_mae_years"] = {
-        model: dict(zip(rows[keys.SPLIT], rows["mae_years"]))
-        for model, rows in table.groupby("model", sort=False)
-    }
-    write_json_atomic(result.run_dir / "summary.json", result.summary)
-    logger.info("results (MAE, years):\n%s", table.to_string(index=False))
+        logger.info("results (MAE, years):\n%s", table.to_string(index=False))
+
+    return extend
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,8 @@ __all__ = [
     "PlanError",
     "age_bins",
     "allocate",
+    "check_bin_width",
+    "check_budget",
     "draw_ages",
     "gaussian_proportions",
     "make_plan",
@@ -102,11 +104,28 @@ def age_bins(
             raise PlanError(
                 f"bins: expected at least two strictly increasing edges, got {list(edges)}"
             ) from None
-    if bin_width is None or not bin_width > 0:
-        raise PlanError(f"bin_width: expected a positive number of years, got {bin_width}")
+    check_bin_width(bin_width)
     if len(ages) == 0:
         raise PlanError("cannot build age bins for an empty cohort")
     return width_edges(ages, bin_width)
+
+
+def check_bin_width(bin_width: float | None) -> None:
+    """Refuse a bin width that is not a positive number of years (a rule that holds whatever the ages)."""
+    if bin_width is None or not bin_width > 0:
+        raise PlanError(f"bin_width: expected a positive number of years, got {bin_width}")
+
+
+def check_budget(
+    synthetic_ratio: float | None = None, max_synthetic: int | None = None, min_per_bin: int = 0
+) -> None:
+    """Refuse budget parameters out of range, whatever the ages: a negative ratio or count (None = not set)."""
+    if synthetic_ratio is not None and not synthetic_ratio >= 0:
+        raise PlanError(f"synthetic_ratio: expected a non-negative number, got {synthetic_ratio}")
+    if max_synthetic is not None and max_synthetic < 0:
+        raise PlanError(f"max_synthetic: expected a non-negative count, got {max_synthetic}")
+    if min_per_bin < 0:
+        raise PlanError(f"min_per_bin: expected a non-negative count, got {min_per_bin}")
 
 
 def gaussian_proportions(edges: np.ndarray, mean: float, sd: float) -> np.ndarray:
@@ -193,10 +212,7 @@ def make_plan(
     p = np.asarray(proportions, dtype=np.float64)
     if p.shape != real.shape:
         raise PlanError(f"the target has {p.size} bins but the age bins are {real.size}")
-    if synthetic_ratio is not None and not synthetic_ratio >= 0:
-        raise PlanError(f"synthetic_ratio: expected a non-negative number, got {synthetic_ratio}")
-    if max_synthetic is not None and max_synthetic < 0:
-        raise PlanError(f"max_synthetic: expected a non-negative count, got {max_synthetic}")
+    check_budget(synthetic_ratio, max_synthetic, min_per_bin)
     reserved = np.maximum(0, min_per_bin - real) if min_per_bin > 0 else np.zeros_like(real)
     if target_counts is not None:
         wanted = np.maximum(0, np.asarray(target_counts, dtype=np.int64) - real)

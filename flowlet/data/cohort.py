@@ -36,7 +36,7 @@ from flowlet.data.cohort_sources import (
     read_participants_folder,
     read_table,
 )
-from flowlet.data.grid import mni_grid
+from flowlet.data.grid import MNI_VOXEL_SIZES, mni_grid
 from flowlet.data.io import sha256_file, write_table_atomic
 from flowlet.data.nifti import NiftiError, Volume, check_voxel_array, load_volume, validate_affine
 
@@ -54,9 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Voxel sizes of the MNI152 grids that quasi-raw arrays come in (FSL 1/2 mm, CAT12 1.5 mm, demo 4 mm).
-_MNI_VOXEL_SIZES = (1.0, 1.5, 2.0, 3.0, 4.0)
-
 
 def mni_affine_for_shape(shape: Sequence[int]) -> np.ndarray:
     """MNI152 affine of an array of ``shape`` on the standard bounding box (1, 1.5, 2, 3 or 4 mm; x flipped).
@@ -67,11 +64,11 @@ def mni_affine_for_shape(shape: Sequence[int]) -> np.ndarray:
         ValueError: the shape matches none of these grids.
     """
     shape_t = tuple(int(s) for s in shape)
-    for size in _MNI_VOXEL_SIZES:
+    for size in MNI_VOXEL_SIZES:
         grid = mni_grid(size)
         if grid.shape == shape_t:
             return np.array(grid.affine)
-    raise ValueError(f"shape {shape_t} is not a known MNI152 grid (voxel sizes {list(_MNI_VOXEL_SIZES)} mm)")
+    raise ValueError(f"shape {shape_t} is not a known MNI152 grid (voxel sizes {list(MNI_VOXEL_SIZES)} mm)")
 
 
 def read_image(path: str | os.PathLike, *, affine: np.ndarray | None = None) -> Volume:

@@ -15,7 +15,18 @@ from scipy import ndimage
 
 from flowlet.data.nifti import Volume, validate_affine, voxel_volume_mm3
 
-__all__ = ["MNI_2MM_AFFINE", "Grid", "mni_grid", "resample_to_grid", "same_grid"]
+__all__ = [
+    "MNI_2MM_AFFINE",
+    "MNI_VOXEL_SIZES",
+    "Grid",
+    "find_mni_grid",
+    "mni_grid",
+    "resample_to_grid",
+    "same_grid",
+]
+
+# Voxel sizes of the MNI152 grids that scans come in (FSL 1/2 mm, CAT12 1.5 mm, 3 mm, demo 4 mm).
+MNI_VOXEL_SIZES = (1.0, 1.5, 2.0, 3.0, 4.0)
 
 MNI_2MM_AFFINE = np.array(
     [[-2.0, 0.0, 0.0, 90.0], [0.0, 2.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]],
@@ -89,6 +100,15 @@ def mni_grid(voxel_size: float = 2.0) -> Grid:
     affine = np.diag([-size, size, size, 1.0])
     affine[:3, 3] = _MNI_ORIGIN
     return Grid(shape=shape, affine=affine)  # type: ignore[arg-type]
+
+
+def find_mni_grid(affine: np.ndarray, shape: tuple[int, ...]) -> Grid | None:
+    """The MNI152 grid (one of :data:`MNI_VOXEL_SIZES`) that ``(affine, shape)`` describes, or None."""
+    for size in MNI_VOXEL_SIZES:
+        grid = mni_grid(size)
+        if same_grid(affine, shape, grid.affine, grid.shape):
+            return grid
+    return None
 
 
 def same_grid(

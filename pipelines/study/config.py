@@ -2,10 +2,13 @@
 
 Sections: ``cohort`` (phantoms or a path), ``test`` (optional external test cohort: balanced phantoms or a path),
 ``split``, ``generator`` (checkpoint or training config), ``augment``, ``bap``, ``eval``, ``report``. Unknown keys and wrong types are refused with the file, section and key named.
+The ``augment`` and ``bap`` settings are checked at load by the functions that their stages run, so that a bad
+value stops the study before its first stage.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +207,8 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
             f"{source}: eval needs registration 'demons' or 'none', max_images >= 1 and jobs >= 1; got "
             f"{e.registration!r}, {e.max_images}, {e.jobs}"
         ) from exc
+    _check_augment(config.augment, source)
+    _check_bap(config.bap, source)
     largest = max((a.ratio for a in arms if a.kind == "synthetic"), default=0.0)
     ratio = config.augment.synthetic_ratio
     if ratio is not None and largest > ratio + 1e-9:
@@ -217,6 +222,62 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
             "cohort's folder) is not set"
         )
     return config
+
+
+def load_bap_config(name: str, overrides: dict[str, Any]):
+    """A packaged ``configs/bap`` name or a YAML path, with section overrides applied."""
+    from bap.config import load_config, replace
+    from configs import config_path
+
+    path = Path(name)
+    config = load_config(path if path.suffix in {".yaml", ".yml"} else config_path("bap", name))
+    return replace(config, **overrides) if overrides else config
+
+
+def _check_augment(section: AugmentSection, source: str) -> None:
+    """Apply at load the augmentation rules that hold whatever the cohort (planning, target, sampler, seed), with
+    the functions that the augment stage runs, so that a bad value stops the study before its first stage."""
+    import numpy as np
+
+    from flowlet.augment.plan import check_bin_width, check_budget
+    from flowlet.augment.targets import parse_target
+    from flowlet.data.cohort_sources import MAX_AGE_YEARS
+    from flowlet.sampling import SamplingConfig, sample_seed
+
+    try:
+        check_bin_width(section.bin_width)  # messages start with the field's name
+        check_budget(section.synthetic_ratio, section.max_synthetic, section.min_per_bin)
+    except ValueError as exc:
+        raise StudyConfigError(f"{source}: augment.{exc}") from exc
+    try:  # the form of the target and its file; which bins the ages need is known only at the stage
+        parse_target(section.target_hist, np.array([0.0, MAX_AGE_YEARS]))
+    except ValueError as exc:  # "target_hist 'x': expected ..." or "FILE: ..." (the target's file)
+        where = "augment." if str(exc).startswith("target_hist") else "augment.target_hist: "
+        raise StudyConfigError(f"{source}: {where}{exc}") from exc
+    try:
+        batch = 1 if section.batch_size == "auto" else section.batch_size
+        SamplingConfig(
+            solver=section.solver, num_steps=section.steps, time_grid=section.time_grid, batch_size=batch
+        )
+    except ValueError as exc:
+        message = re.sub(r"SamplingConfig\.(\w+)", lambda m: {"num_steps": "steps"}.get(m[1], m[1]), str(exc))
+        raise StudyConfigError(f"{source}: augment.{message}") from exc
+    try:
+        sample_seed(section.seed, 0)
+    except ValueError as exc:
+        raise StudyConfigError(f"{source}: augment.seed: {exc}") from exc
+
+
+def _check_bap(section: BapSection, source: str) -> None:
+    """Load the brain-age config and apply its overrides now, as the bap stage will (it runs after augmentation)."""
+    try:
+        load_bap_config(section.config, {})
+    except (OSError, ValueError) as exc:
+        raise StudyConfigError(f"{source}: bap.config: {exc}") from exc
+    try:
+        load_bap_config(section.config, section.overrides)
+    except ValueError as exc:
+        raise StudyConfigError(f"{source}: bap.overrides: {exc}") from exc
 
 
 def load_study_config(path: str | Path) -> StudyConfig:

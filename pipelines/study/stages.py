@@ -15,7 +15,7 @@ import pandas as pd
 
 from flowlet.data import keys
 from flowlet.data.io import write_table_atomic
-from pipelines.study.config import StudyConfig
+from pipelines.study.config import StudyConfig, load_bap_config
 from pipelines.study.runner import Stage, StageContext
 
 logger = logging.getLogger(__name__)
@@ -232,16 +232,6 @@ def run_augment(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:
         "max_min_ratio": plan.max_min_ratio(),
         "generated": result.generated,
     }
-
-
-def load_bap_config(name: str, overrides: dict[str, Any]):
-    """A packaged ``configs/bap`` name or a YAML path, with section overrides applied."""
-    from bap.config import load_config, replace
-    from configs import config_path
-
-    path = Path(name)
-    config = load_config(path if path.suffix in {".yaml", ".yml"} else config_path("bap", name))
-    return replace(config, **overrides) if overrides else config
 
 
 def run_bap(ctx: StageContext, config: StudyConfig) -> dict[str, Any]:

@@ -179,3 +179,21 @@ def test_overwrite_replaces_brains_made_with_other_settings(tiny_cohort, tiny_ch
     assert _brains(out) == _brains(fresh)
     assert (out / "notes.txt").read_text() == "kept" and not list(out.glob(".stale-*"))
     assert main(_args(tiny_cohort, tiny_checkpoint, out, "--overwrite", "--shard", "0/2")) == 2
+
+
+def test_one_run_plans_the_augmentation_once(tiny_cohort, tiny_checkpoint, tmp_path, monkeypatch):
+    import flowlet.augment.plan as planning
+
+    plans = []
+    make_plan = planning.make_plan
+
+    def counting_make_plan(*args, **kwargs):
+        plans.append(make_plan(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(planning, "make_plan", counting_make_plan)
+    out = tmp_path / "out"
+    assert main(_args(tiny_cohort, tiny_checkpoint, out)) == 0
+    assert len(plans) == 1
+    written = pd.read_csv(out / "plan.tsv", sep="\t")
+    assert written["synthetic_count"].tolist() == plans[0].table["synthetic_count"].tolist()

@@ -156,3 +156,30 @@ def test_volume_gate_passes_real_brains_of_their_age_and_rejects_an_old_brain_as
     old_brain = nib.load(table["path"].loc[oldest]).get_fdata(dtype=np.float32)[None]
     (reason,) = check(old_brain, [table["age"].loc[youngest]])  # an old brain requested as the youngest age
     assert reason is not None and "SD off the reference trend" in reason, reason
+
+
+def test_volume_gate_skips_a_combined_region_the_atlas_lacks_as_the_reference_does(tmp_path, monkeypatch):
+    """A combined region whose members the atlas lacks is skipped when the reference cohort is measured
+    (``measure_cohort``); the gate's check of each generated brain skips it by the same rule instead of failing."""
+    import dataclasses
+
+    import nibabel as nib
+
+    import pipelines.eval.common as eval_common
+    from flowlet.data.cohort import load_cohort
+    from flowlet.data.phantom import write_phantom_cohort
+    from pipelines.augment_gate import _volume_check
+
+    load_config = eval_common.load_config
+
+    def with_absent_group(*args, **kwargs):
+        config = load_config(*args, **kwargs)
+        groups = {**config.combined_regions, "amygdala": ["Left_Amygdala_Absent", "Right_Amygdala_Absent"]}
+        return dataclasses.replace(config, combined_regions=groups)
+
+    monkeypatch.setattr(eval_common, "load_config", with_absent_group)
+    write_phantom_cohort(tmp_path / "ref", 12, voxel_size=4, seed=3, progress=False)
+    table = load_cohort(tmp_path / "ref").table
+    check = _volume_check(str(tmp_path / "ref"), 3.0, nib.load(table["path"].iloc[0]).affine)
+    volumes = np.stack([nib.load(p).get_fdata(dtype=np.float32) for p in table["path"].iloc[:2]])
+    assert check(volumes, table["age"].iloc[:2].to_numpy()) == [None, None]
