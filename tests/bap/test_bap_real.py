@@ -173,6 +173,22 @@ def test_ridge_baseline_does_not_extrapolate_a_feature_beyond_its_training_range
     assert table.age.min() - 20 < pred[victim] < table.age.max() + 20
 
 
+@pytest.mark.parametrize("prefixed", ["table", "features"])
+def test_ridge_baseline_joins_bids_prefixed_keys_with_bare_ones(prefixed):
+    """``sub-s001``/``ses-1`` on one side and ``s001``/``1`` on the other name the same scan."""
+    table, features = _synthetic_features()
+    bare = fit_ridge_baseline(table, features).predictions
+    side = table if prefixed == "table" else features
+    side["subject_id"] = "sub-" + side["subject_id"]
+    side["session_id"] = "ses-" + side["session_id"]
+    result = fit_ridge_baseline(table, features)
+    assert result.missing == 0 and len(result.predictions) == len(table)
+    # the predictions keep the table's own spelling of the keys
+    assert result.predictions.subject_id.tolist() == table.subject_id.tolist()
+    assert result.predictions.session_id.tolist() == table.session_id.tolist()
+    np.testing.assert_allclose(result.predictions.pred, bare.pred)
+
+
 def test_ridge_features_from_tidy_volumes_and_participant_ids():
     tidy = pd.DataFrame(
         {
