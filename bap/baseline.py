@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet.data import keys
+from flowlet.data.cohort_sources import normalize_session_id, normalize_subject_id
 
 __all__ = ["RidgeResult", "fit_ridge_baseline", "results_table", "wide_features"]
 
@@ -31,20 +32,22 @@ ALPHAS = tuple(float(a) for a in np.logspace(-3, 5, 17))
 def wide_features(features: pd.DataFrame) -> pd.DataFrame:
     """One row per scan: ``subject_id``, ``session_id`` and numeric feature columns (tidy input is pivoted).
 
-    A BIDS ``participant_id`` (``sub-XXX``) column stands in for ``subject_id``; ``age`` is never a feature.
+    A BIDS ``participant_id`` (``sub-XXX``) column stands in for ``subject_id``; ``age`` is never a feature. Keys
+    follow the cohort rule (:func:`~flowlet.data.cohort_sources.normalize_subject_id`, ``normalize_session_id``):
+    ``sub-01`` → ``01``, ``ses-1`` → ``1``, a missing session → ``n/a``.
 
     Raises:
         ValueError: no ``subject_id`` column, no numeric feature, or a scan listed twice.
     """
     frame = features.copy()
     if keys.SUBJECT_ID not in frame.columns and "participant_id" in frame.columns:
-        frame[keys.SUBJECT_ID] = frame.pop("participant_id").astype(str).str.removeprefix("sub-")
+        frame[keys.SUBJECT_ID] = frame.pop("participant_id")
     if keys.SUBJECT_ID not in frame.columns:
         raise ValueError(f"baseline features need a '{keys.SUBJECT_ID}' column; got {list(features.columns)}")
-    frame[keys.SUBJECT_ID] = frame[keys.SUBJECT_ID].astype(str)
+    frame[keys.SUBJECT_ID] = frame[keys.SUBJECT_ID].map(normalize_subject_id)
     if keys.SESSION_ID in frame.columns:
-        # A table read back from disk turns the cohort's "n/a" session into NaN; it is the same session.
-        frame[keys.SESSION_ID] = frame[keys.SESSION_ID].astype(object).fillna(keys.UNKNOWN).astype(str)
+        # A table read back from disk turns the cohort's "n/a" session into NaN; the rule maps it back to "n/a".
+        frame[keys.SESSION_ID] = frame[keys.SESSION_ID].map(normalize_session_id)
     else:
         frame[keys.SESSION_ID] = ""
     index = [keys.SUBJECT_ID, keys.SESSION_ID]
@@ -79,13 +82,23 @@ class RidgeResult:
 
 
 def _join(table: pd.DataFrame, wide: pd.DataFrame) -> pd.DataFrame:
+    """The table's real scans with their features, matched by the normalised ``(subject, session)`` key.
+
+    ``sub-01``/``ses-1`` and ``01``/``1`` are the same scan; the result keeps the table's own spelling.
+    """
     real = table["source"] == "real" if "source" in table.columns else pd.Series(True, index=table.index)
     rows = table.loc[real, [keys.SUBJECT_ID, keys.SESSION_ID, keys.AGE, keys.SPLIT]]
     rows = rows.astype({keys.SUBJECT_ID: str, keys.SESSION_ID: str})
-    if not (wide[keys.SESSION_ID] != "").any():
+    subject, session = "_subject_key", "_session_key"
+    rows[subject] = rows[keys.SUBJECT_ID].map(normalize_subject_id)
+    rows[session] = rows[keys.SESSION_ID].map(normalize_session_id)
+    wide = wide.rename(columns={keys.SUBJECT_ID: subject, keys.SESSION_ID: session})
+    if not (wide[session] != "").any():
         # Features keyed by subject only: every session of the subject takes them.
-        return rows.merge(wide.drop(columns=keys.SESSION_ID), on=keys.SUBJECT_ID, how="left")
-    return rows.merge(wide, on=[keys.SUBJECT_ID, keys.SESSION_ID], how="left")
+        joined = rows.merge(wide.drop(columns=session), on=subject, how="left")
+    else:
+        joined = rows.merge(wide, on=[subject, session], how="left")
+    return joined.drop(columns=[subject, session], errors="ignore")
 
 
 def fit_ridge_baseline(table: pd.DataFrame, features: pd.DataFrame, *, alphas=ALPHAS) -> RidgeResult:

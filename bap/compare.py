@@ -188,6 +188,15 @@ def paired_errors(predictions: pd.DataFrame, arms: Sequence[str] | None = None) 
     """
     frame = _with_arm(predictions)
     arms = list(dict.fromkeys(frame["arm"])) if arms is None else list(arms)
+    age = _scan_ages(frame, arms)
+    frame = frame.assign(abs_error=(frame["pred"] - frame[keys.AGE]).abs())
+    wide = frame.pivot_table(index=SCAN, columns="arm", values="abs_error", aggfunc="mean")[arms]
+    wide.columns.name = None
+    return pd.concat([age, wide], axis=1).sort_index()
+
+
+def _scan_ages(frame: pd.DataFrame, arms: list[str]) -> pd.Series:
+    """The age of every scan, sorted by scan, once the checks of :func:`paired_errors` pass."""
     dup = frame.duplicated(["arm", "seed", *SCAN], keep=False)
     if dup.any():
         rows = (
@@ -210,14 +219,10 @@ def paired_errors(predictions: pd.DataFrame, arms: Sequence[str] | None = None) 
             raise ValueError(
                 f"arms {first!r} and {arm!r} were trained with different seeds: {seeds[first]} vs {seeds[arm]}"
             )
-    frame = frame.assign(abs_error=(frame["pred"] - frame[keys.AGE]).abs())
     ages = frame.groupby(SCAN)[keys.AGE].nunique()
     if (ages > 1).any():
         raise ValueError(f"scans with different ages in different arms: {ages[ages > 1].index[:5].tolist()}")
-    wide = frame.pivot_table(index=SCAN, columns="arm", values="abs_error", aggfunc="mean")[arms]
-    wide.columns.name = None
-    age = frame.groupby(SCAN)[keys.AGE].first()
-    return pd.concat([age, wide], axis=1).sort_index()
+    return frame.groupby(SCAN)[keys.AGE].first()
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -246,22 +251,25 @@ def _verdict(diff: float, low: float, high: float, seed_sd: float, p_holm: float
     return "no detectable effect"
 
 
-def seed_scan_errors(predictions: pd.DataFrame, arm: str, scans: pd.Index) -> np.ndarray:
-    """Absolute errors of one arm as a ``(seeds, scans)`` matrix, seeds ascending, columns in the order of ``scans``.
+def seed_scan_errors(
+    predictions: pd.DataFrame, arms: Sequence[str], scans: pd.Index
+) -> dict[str, np.ndarray]:
+    """Absolute errors of each arm as a ``(seeds, scans)`` matrix, seeds ascending, columns in the order of ``scans``.
 
     Raises:
-        ValueError: a scan of ``scans`` has no prediction for some seed of the arm.
+        ValueError: a scan of ``scans`` has no prediction for some seed of an arm.
     """
-    rows = predictions[predictions["arm"] == arm]
-    errors = (rows["pred"] - rows[keys.AGE]).abs()
-    matrix = rows.assign(abs_error=errors).pivot_table(
-        index="seed", columns=SCAN, values="abs_error", aggfunc="mean"
-    )
-    matrix = matrix.sort_index().reindex(columns=scans)
-    if matrix.isna().to_numpy().any():
-        missing = matrix.columns[matrix.isna().any(axis=0)].tolist()[:5]
-        raise ValueError(f"arm {arm!r}: some seeds have no prediction for scans {missing}")
-    return matrix.to_numpy(np.float64)
+    errors = predictions.assign(abs_error=(predictions["pred"] - predictions[keys.AGE]).abs())
+    # One pivot for every arm: seeds × (arm, subject_id, session_id).
+    table = errors.pivot_table(index="seed", columns=["arm", *SCAN], values="abs_error", aggfunc="mean")
+    matrices = {}
+    for arm in arms:
+        matrix = table[arm].sort_index().reindex(columns=scans)
+        if matrix.isna().to_numpy().any():
+            missing = matrix.columns[matrix.isna().any(axis=0)].tolist()[:5]
+            raise ValueError(f"arm {arm!r}: some seeds have no prediction for scans {missing}")
+        matrices[arm] = matrix.to_numpy(np.float64)
+    return matrices
 
 
 def arm_statistics(
@@ -286,12 +294,12 @@ def arm_statistics(
     baseline = baseline if baseline is not None else ("real" if "real" in arms else arms[0])
     if baseline not in arms:
         raise ValueError(f"baseline arm {baseline!r} is not among the arms {arms}")
-    wide = paired_errors(frame, [baseline, *[a for a in arms if a != baseline]])
-    subjects = wide.index.get_level_values(keys.SUBJECT_ID).to_numpy()
-    ages = wide[keys.AGE].to_numpy(float)
+    scan_ages = _scan_ages(frame, [baseline, *[a for a in arms if a != baseline]])
+    subjects = scan_ages.index.get_level_values(keys.SUBJECT_ID).to_numpy()
+    ages = scan_ages.to_numpy(float)
     bins = age_bin_labels(ages, bin_width)
     labels = ["all", *sorted(set(bins), key=label_start)]
-    errors = {arm: seed_scan_errors(frame, arm, wide.index) for arm in arms}
+    errors = seed_scan_errors(frame, arms, scan_ages.index)
     ratios = frame.groupby("arm")["ratio"].first() if "ratio" in frame.columns else pd.Series(0.0, index=arms)
     rows = []
     for arm in arms:
@@ -381,12 +389,7 @@ def compare_predictions(
     summary.insert(
         summary.columns.get_loc("mae_seed_sd_years"), "mae_corrected_years", summary["arm"].map(corrected)
     )
-    summary = summary.rename(
-        columns={
-            "n": "n_test",
-            "diff_years": "diff_vs_baseline_years",
-        }
-    )
+    summary = summary.rename(columns={"n": "n_test", "diff_years": "diff_vs_baseline_years"})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table_atomic(out_dir / "test_predictions.csv", predictions)
     write_table_atomic(out_dir / "comparison_bins.csv", bins_frame)

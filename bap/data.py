@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from bap.config import DataConfig
 from flowlet.data import keys
 from flowlet.data.io import atomic_path
-from flowlet.data.preprocessing import otsu_threshold
+from flowlet.data.preprocessing import otsu_threshold, zscore
 
 logger = logging.getLogger(__name__)
 
@@ -245,13 +245,13 @@ def scan_brain_mask(image: np.ndarray, kind: str = "auto") -> np.ndarray:
 def brain_zscore(image: np.ndarray, mask_kind: str = "auto") -> np.ndarray:
     """``(x - mean) / sd`` of one ``(X, Y, Z)`` scan, mean and SD taken over its brain mask only.
 
-    The same affine map is applied to every voxel, so the background keeps one constant value. Only this scan's
-    voxels are used: nothing is fitted across scans, so a test scan cannot leak into training statistics, and a
-    per-scan gain (uncalibrated scanners) cancels.
+    This is :func:`flowlet.data.preprocessing.zscore` with the mask of :func:`scan_brain_mask`: the same affine map
+    is applied to every voxel, so the background keeps one constant value, and a brain of one constant intensity
+    is only centred. Only this scan's voxels are used: nothing is fitted across scans, so a test scan cannot leak
+    into training statistics, and a per-scan gain (uncalibrated scanners) cancels.
     """
     x = np.asarray(image, dtype=np.float64)
-    inside = x[scan_brain_mask(x, mask_kind)]
-    return ((x - inside.mean()) / max(float(inside.std()), 1e-8)).astype(np.float32)
+    return zscore(x, mask=scan_brain_mask(x, mask_kind))
 
 
 def fit_normalisation(train_images: np.ndarray, cfg: DataConfig) -> dict[str, Any]:

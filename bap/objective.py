@@ -70,12 +70,10 @@ def _sfcn_kl(
     """KL divergence to the soft age label (SFCN, Peng et al. 2021); the prediction is the expected age."""
     log_probs = model.log_probs(x)
     if weight is None:
-        return model.kl_loss(log_probs, age), model.expected_age(log_probs)
-    from bap.sfcn import soft_age_labels
-
-    target = soft_age_labels(age.float(), model.bin_centers, model.sigma)
-    per_scan = torch.nn.functional.kl_div(log_probs, target, reduction="none").sum(dim=1)
-    return _weighted_mean(per_scan, weight), model.expected_age(log_probs)
+        loss = model.kl_loss(log_probs, age)
+    else:
+        loss = _weighted_mean(model.kl_loss(log_probs, age, per_scan=True), weight)
+    return loss, model.expected_age(log_probs)
 
 
 #: ``train.loss`` → loss function.

@@ -95,9 +95,12 @@ class SFCN(nn.Module):
         """``(B, 1, D, H, W)`` -> ``(B,)`` predicted ages in years."""
         return self.expected_age(self.log_probs(x))
 
-    def kl_loss(self, log_probs: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        """Mean KL divergence between Gaussian soft labels of ``age`` ``(B,)`` and ``log_probs`` ``(B, K)``."""
+    def kl_loss(self, log_probs: torch.Tensor, age: torch.Tensor, *, per_scan: bool = False) -> torch.Tensor:
+        """KL divergence between Gaussian soft labels of ``age`` ``(B,)`` and ``log_probs`` ``(B, K)``: the batch
+        mean, or ``(B,)`` one value per scan with ``per_scan`` (for a weighted mean)."""
         target = soft_age_labels(age.float(), self.bin_centers, self.sigma)
+        if per_scan:
+            return F.kl_div(log_probs, target, reduction="none").sum(dim=1)
         return F.kl_div(log_probs, target, reduction="batchmean")
 
 

@@ -295,8 +295,10 @@ def write_augmentation(
         missing = {i for i in paths if not _is_complete(paths[i], save_size)}
         todo = [b for b in owned if missing.intersection(b)]
         logger.info("%d of %d brains of this shard to generate", len(missing), len(paths))
+        # The table's columns as arrays, once for the whole run (not once per batch).
         ages = samples[keys.AGE].to_numpy(dtype=np.float64)
         seeds = samples["seed"].to_numpy()
+        ids = samples["participant_id"].tolist()
         bar = _progress_bar(sum(len(b) for b in todo), enabled=progress)
 
         def generate(indices: list[int], batch_seeds: list[int]) -> np.ndarray:
@@ -313,13 +315,13 @@ def write_augmentation(
                     volumes = generate(batch, seeds[batch].tolist())
                     write_volumes(volumes[[batch.index(i) for i in keep]], [paths[i] for i in keep], affine)
                 else:
-                    outcomes += _gated_batch(gate, generate, batch, keep, samples, paths, affine)
+                    outcomes += _gated_batch(gate, generate, batch, keep, (ages, seeds, ids), paths, affine)
                     check_rates(gate, outcomes, final=False)
                 bar.update(len(batch))
         finally:
             bar.close()
             if gate is not None:
-                gather_records(out_dir, [image_path(out_dir, p) for p in samples["participant_id"]])
+                gather_records(out_dir, [image_path(out_dir, p) for p in ids])
         if gate is not None:
             check_rates(gate, outcomes, final=True)
     return AugmentResult(
@@ -332,13 +334,14 @@ def shard_lock_name(shard: Shard) -> str:
     return f".lock-shard-{shard.index}-of-{shard.count}"
 
 
-def _gated_batch(gate: Gate, generate, batch: list[int], keep: list[int], samples, paths, affine) -> list:
-    """Generate one batch through the gate; write the records, then the accepted volumes, of the ``keep`` samples."""
+def _gated_batch(gate: Gate, generate, batch: list[int], keep: list[int], columns, paths, affine) -> list:
+    """Generate one batch through the gate; write the records, then the accepted volumes, of the ``keep`` samples.
+
+    ``columns``: ``(ages, seeds, ids)`` of every sample, converted from the sample table once per run.
+    """
     from flowlet.export import write_volumes
 
-    ages = samples[keys.AGE].to_numpy(dtype=np.float64)
-    seeds = samples["seed"].to_numpy()
-    accepted, outcomes = run_gate(gate, generate, batch, ages, seeds, samples["participant_id"].tolist())
+    accepted, outcomes = run_gate(gate, generate, batch, *columns)
     for i, outcome in zip(batch, outcomes):
         if i in keep:
             write_record(paths[i], outcome)  # before the image: a complete image always has its record

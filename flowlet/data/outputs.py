@@ -11,7 +11,9 @@ Rules, enforced by :func:`output_folder` (folders) and :func:`check_output_file`
    put in place). ``--overwrite`` never deletes a file the manifest does not list.
 3. A refused or failed run leaves nothing behind: a folder the run created is removed again when no file was
    completed in it, and a manifest it added to a folder the user had is taken away again. A run that completed
-   files keeps them (resume state, earlier volumes) and lists them in the manifest.
+   files keeps them (resume state, earlier volumes) and lists them in the manifest. Files a run writes before its
+   first result (a trainer's config and metrics before its first checkpoint) go through :func:`undo_on_failure`,
+   so a failure before that result leaves them as they were.
 4. One writer per folder: :func:`flowlet.data.io.folder_lock` is held for the whole run, so a concurrent run into
    the same folder is refused.
 
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +42,7 @@ __all__ = [
     "check_output_file",
     "check_outside_inputs",
     "output_folder",
+    "undo_on_failure",
 ]
 
 #: Name of the manifest every command writes into its output folder.
@@ -345,3 +349,50 @@ def _admit(
         f"replaced, no other file is deleted) or choose a new folder. It was not created by {state.command}"
         f"{writer} and holds {example}{', ...' if len(content) > 3 else ''}"
     )
+
+
+@contextlib.contextmanager
+def undo_on_failure(folder: str | os.PathLike, names: Iterable[str]) -> Iterator[Callable[[], None]]:
+    """Rule 3 for the files a run writes before it has a result: call the yielded ``keep()`` once it has one.
+
+    If the block raises before ``keep()``, each of ``folder / name`` is left as it was before the block (an earlier
+    file put back byte for byte, a new one removed), and ``folder`` itself is removed when the block created it.
+    The earlier files wait under hidden temporary names (``remove_stale_temporaries`` clears them after a kill).
+
+    Example:
+        >>> with undo_on_failure(run_dir, ["config.yaml"]) as keep:  # doctest: +SKIP
+        ...     write_text_atomic(run_dir / "config.yaml", text)
+        ...     save_checkpoint(...)
+        ...     keep()
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    paths = [folder / name for name in names]
+    earlier = {}
+    for path in paths:
+        if path.is_file():
+            fd, backup = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp-earlier", dir=path.parent)
+            os.close(fd)
+            shutil.copy2(path, backup)
+            earlier[path] = Path(backup)
+    kept = False
+
+    def keep() -> None:
+        nonlocal kept
+        kept = True
+
+    try:
+        yield keep
+    except BaseException:
+        if not kept:
+            for path in paths:
+                if path in earlier:
+                    os.replace(earlier[path], path)
+                else:
+                    path.unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        for backup in earlier.values():
+            backup.unlink(missing_ok=True)

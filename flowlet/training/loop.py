@@ -1,5 +1,5 @@
 """The loop around a :class:`~flowlet.training.trainer.Trainer`: metrics rows, validation, early stopping,
-checkpoints and the clean-up of a call that fails before its first checkpoint.
+checkpoints, and a call that fails before its first checkpoint leaving the run folder as it was.
 
 The trainer owns the network, optimiser and one step; this module decides, step by step, what else happens
 (:class:`~flowlet.training.policy.Cadence`, :class:`~flowlet.training.policy.EarlyStopping`).
@@ -7,18 +7,21 @@ The trainer owns the network, optimiser and one step; this module decides, step 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowlet.data.io import write_table_atomic
+from flowlet.data.outputs import undo_on_failure
 from flowlet.training import distributed as dist_utils
 from flowlet.training.metrics import MetricsWriter
-from flowlet.training.outputs import new_run_files, remove_files, write_run_files
+from flowlet.training.outputs import RUN_FILES, write_run_files
 from flowlet.training.policy import Cadence
 from flowlet.training.steps import interrupt_on_sigterm
 
@@ -52,44 +55,43 @@ class TrainResult:
 def run_loop(trainer: Trainer, *, resumed: bool, stop_after: int | None) -> TrainResult:
     """Train ``trainer`` from its current step to its total (or ``stop_after`` steps in total).
 
-    The run files are written first; if the call fails before any checkpoint, those it created are removed again
-    (no partial run folder). An interrupt (Ctrl-C, SIGTERM) of a single process saves the resumable state.
+    The run files are written first. Until this call's first checkpoint they are provisional, under the rule of
+    :func:`flowlet.data.outputs.undo_on_failure`: if the call fails before it, the run folder is left as it was (a
+    new one removed, an earlier run's files put back). An interrupt (Ctrl-C, SIGTERM) of a single process saves
+    the resumable state.
     """
-    fresh = new_run_files(trainer.run_dir)
-    if trainer.dist.is_main:
-        write_run_files(trainer.run_dir, trainer.config, trainer.condition_ranges, trainer.split)
-        if trainer.age_balance is not None:
-            write_table_atomic(trainer.run_dir / "age_balance.tsv", trainer.age_balance.table)
-    end = trainer.total_steps if stop_after is None else min(trainer.total_steps, stop_after)
-    loop = _Loop(
-        trainer,
-        Cadence.from_config(
+    main = trainer.dist.is_main
+    # Only the main process writes the run files, so only it has anything to put back.
+    provisional = (
+        undo_on_failure(trainer.run_dir, RUN_FILES) if main else contextlib.nullcontext(lambda: None)
+    )
+    with provisional as keep:
+        if main:
+            write_run_files(trainer.run_dir, trainer.config, trainer.condition_ranges, trainer.split)
+            if trainer.age_balance is not None:
+                write_table_atomic(trainer.run_dir / "age_balance.tsv", trainer.age_balance.table)
+        end = trainer.total_steps if stop_after is None else min(trainer.total_steps, stop_after)
+        cadence = Cadence.from_config(
             trainer.config.training,
             steps_per_epoch=trainer.steps_per_epoch,
             total=trainer.total_steps,
             end=end,
-        ),
-        _metrics_writer(trainer, resumed),
-    )
-    bar = _progress_bar(trainer, end)
-    previous_handler = interrupt_on_sigterm()
-    try:
-        loop.run(bar)
-    except KeyboardInterrupt:
-        if trainer.dist.world_size == 1:
-            logger.warning("interrupted at step %d; saving the resumable state", trainer.step)
-            loop.checkpoint(latest=True, best=False, keep=False)
-        raise
-    except Exception:
-        loop.close_metrics()  # before its file may be removed
-        if trainer.dist.is_main and not loop.checkpointed:
-            remove_files(fresh)
-        raise
-    finally:
-        bar.close()
-        loop.close_metrics()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        )
+        loop = _Loop(trainer, cadence, _metrics_writer(trainer, resumed), on_checkpoint=keep)
+        bar = _progress_bar(trainer, end)
+        previous_handler = interrupt_on_sigterm()
+        try:
+            loop.run(bar)
+        except KeyboardInterrupt:
+            if trainer.dist.world_size == 1:
+                logger.warning("interrupted at step %d; saving the resumable state", trainer.step)
+                loop.checkpoint(latest=True, best=False, keep=False)
+            raise
+        finally:
+            bar.close()
+            loop.close_metrics()  # before a failed call's files are put back
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
     dist_utils.barrier(trainer.dist)
     return TrainResult(
         run_dir=trainer.run_dir,
@@ -103,14 +105,18 @@ def run_loop(trainer: Trainer, *, resumed: bool, stop_after: int | None) -> Trai
 class _Loop:
     """One call's steps: what each step logs, validates and saves, and whether the call stopped early."""
 
-    def __init__(self, trainer: Trainer, cadence: Cadence, metrics: MetricsWriter | None) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        cadence: Cadence,
+        metrics: MetricsWriter | None,
+        on_checkpoint: Callable[[], None],
+    ) -> None:
         self.trainer, self.cadence, self.metrics = trainer, cadence, metrics
+        self.on_checkpoint = on_checkpoint  # called once a checkpoint is on disk: the run files are then kept
         self.tick = time.perf_counter()  # at the last metrics row
         self.last_val_loss: float | None = None
         self.stopped_early = False
-        self.checkpointed = (
-            False  # whether this call has written (or, off the main process, passed) a checkpoint
-        )
 
     def run(self, bar) -> None:
         t = self.trainer
@@ -134,8 +140,9 @@ class _Loop:
                 break
 
     def checkpoint(self, *, latest: bool, best: bool, keep: bool) -> None:
-        self.checkpointed = self.checkpointed or latest or best or keep
         self.trainer.save_checkpoints(latest=latest, best=best, keep=keep)
+        if latest or best or keep:
+            self.on_checkpoint()
 
     def close_metrics(self) -> None:
         if self.metrics is not None:

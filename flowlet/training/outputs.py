@@ -12,9 +12,10 @@ from flowlet.data import keys
 from flowlet.data.io import write_json_atomic, write_table_atomic, write_text_atomic
 from flowlet.training.config import TrainConfig, config_to_dict
 
-__all__ = ["RUN_FILES", "new_run_files", "remove_files", "write_run_files"]
+__all__ = ["RUN_FILES", "write_run_files"]
 
-#: The files a run writes into its folder besides checkpoints and TensorBoard events.
+#: The files a run writes into its folder besides checkpoints and TensorBoard events; provisional until the first
+#: checkpoint of a call (:func:`flowlet.data.outputs.undo_on_failure`).
 RUN_FILES = ("config.yaml", "condition_ranges.json", "split.tsv", "metrics.csv", "age_balance.tsv")
 
 
@@ -39,14 +40,3 @@ def write_run_files(
         for name, t in (("train", split.train.table), ("val", split.val.table))
     ]
     write_table_atomic(run_dir / "split.tsv", pd.concat(parts, ignore_index=True))
-
-
-def new_run_files(run_dir: Path) -> list[Path]:
-    """The :data:`RUN_FILES` that ``run_dir`` does not hold yet (a failed first call removes exactly these)."""
-    return [run_dir / name for name in RUN_FILES if not (run_dir / name).exists()]
-
-
-def remove_files(paths: list[Path]) -> None:
-    """Delete ``paths`` that exist (no partial run folder is left behind by a run that failed at once)."""
-    for path in paths:
-        path.unlink(missing_ok=True)

@@ -134,6 +134,19 @@ def test_paired_result_is_unchanged_when_each_arm_is_shuffled_differently():
     assert other.diff_seed_sd_years.notna().all() and (other.n_seeds == 3).all()
 
 
+def test_arm_statistics_agree_with_the_paired_error_table():
+    """The per-arm MAE of every bin is the mean of that arm's seed-averaged errors in :func:`paired_errors`."""
+    predictions = _predictions()
+    table = arm_statistics(predictions, bin_width=20.0, n_boot=50)
+    wide = paired_errors(predictions)
+    labels = np.floor(wide["age"].to_numpy() / 20.0) * 20.0
+    for row in table.itertuples():
+        rows = wide if row.age_bin == "all" else wide[labels == float(row.age_bin.strip("[").split(",")[0])]
+        assert row.n == len(rows) and row.n_seeds == 3
+        assert row.mae_years == pytest.approx(rows[row.arm].mean(), rel=1e-12)
+        assert row.diff_years == pytest.approx((rows[row.arm] - rows["real"]).mean(), abs=1e-12)
+
+
 def test_arms_evaluated_on_different_scans_fail_with_the_scans_named():
     predictions = _predictions()
     dropped = predictions[~((predictions.arm == "reweight") & (predictions.subject_id == "s007"))]

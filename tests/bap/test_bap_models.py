@@ -78,6 +78,28 @@ def test_sfcn_bins_and_kl_minimum():
     assert float(net.kl_loss(torch.full((1, 30), 1 / 30).log(), age)) > 0.5
 
 
+def test_sfcn_kl_objective_is_the_soft_label_kl_with_and_without_scan_weights():
+    """Re-derive the loss in float64: ``KL_i = sum_k t_ik (log t_ik - log p_ik)``, mean over the batch, or
+    ``sum_i w_i KL_i / sum_i w_i`` with weights."""
+    torch.manual_seed(0)
+    net = SFCN(channels=(2,) * 6, age_range=(20.0, 80.0), bin_width=2.0, sigma=3.0, dropout=0.0).eval()
+    objective = AgeObjective(net, "sfcn_kl")
+    x, age = torch.randn(4, 1, 32, 32, 32), torch.tensor([25.0, 41.5, 60.0, 77.2])
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    with torch.no_grad():
+        log_p = net.log_probs(x).double()
+        target = soft_age_labels(age.double(), net.bin_centers.double(), net.sigma)
+        per_scan = (target * (target.log() - log_p)).sum(dim=1)
+        loss, pred = objective(x, age)
+        weighted, _ = objective(x, age, weight)
+    assert float(loss) == pytest.approx(float(per_scan.mean()), rel=1e-5)
+    assert float(weighted) == pytest.approx(
+        float((weight.double() * per_scan).sum() / weight.sum()), rel=1e-5
+    )
+    assert float(weighted) != pytest.approx(float(loss), rel=1e-3)  # the weights change the loss
+    torch.testing.assert_close(pred, net.expected_age(log_p.float()))
+
+
 @pytest.mark.parametrize("norm", ["batch", "instance", "none"])
 def test_small_model_input_pooling_and_norms(norm):
     model = build_model(

@@ -19,6 +19,7 @@ from bap.config import DataConfig, config_from_dict
 from bap.data import apply_normalisation, brain_zscore, fit_normalisation, prepare_data, scan_brain_mask
 from bap.sfcn import SFCN
 from flowlet.data.cohort import load_cohort
+from flowlet.data.preprocessing import zscore
 from pipelines import bap_train
 
 SMALL = [4, 4, 8, 8, 8, 4]
@@ -42,6 +43,19 @@ def test_brain_zscore_is_invariant_to_a_per_scan_gain(background, mask):
     assert 0.05 < inside.mean() < 0.95
     assert float(reference[inside].mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(reference[inside].std()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("mask", ["auto", "nonzero", "otsu"])
+def test_brain_zscore_is_the_shared_masked_zscore(mask):
+    """``brain_zscore`` is :func:`flowlet.data.preprocessing.zscore` inside the scan's own brain mask, bit for bit;
+    a brain of one constant intensity is only centred (no division by a vanishing SD)."""
+    scan = phantom_scan(50.0, np.random.default_rng(3))
+    scan = np.where(scan > 50.0, scan, 0.0).astype(np.float32)
+    expected = zscore(scan, mask=scan_brain_mask(scan, mask))
+    np.testing.assert_array_equal(brain_zscore(scan, mask), expected)
+    flat = np.where(scan > 0, np.float32(80.0), np.float32(0.0))
+    out = brain_zscore(flat, mask)
+    np.testing.assert_array_equal(out, flat - 80.0)
 
 
 def test_brain_zscore_uses_each_scan_alone():
@@ -171,6 +185,22 @@ def test_ridge_baseline_does_not_extrapolate_a_feature_beyond_its_training_range
     result = fit_ridge_baseline(table, features.reset_index())
     pred = result.predictions.set_index("subject_id")["pred"]
     assert table.age.min() - 20 < pred[victim] < table.age.max() + 20
+
+
+@pytest.mark.parametrize("prefixed", ["table", "features"])
+def test_ridge_baseline_joins_bids_prefixed_keys_with_bare_ones(prefixed):
+    """``sub-s001``/``ses-1`` on one side and ``s001``/``1`` on the other name the same scan."""
+    table, features = _synthetic_features()
+    bare = fit_ridge_baseline(table, features).predictions
+    side = table if prefixed == "table" else features
+    side["subject_id"] = "sub-" + side["subject_id"]
+    side["session_id"] = "ses-" + side["session_id"]
+    result = fit_ridge_baseline(table, features)
+    assert result.missing == 0 and len(result.predictions) == len(table)
+    # the predictions keep the table's own spelling of the keys
+    assert result.predictions.subject_id.tolist() == table.subject_id.tolist()
+    assert result.predictions.session_id.tolist() == table.session_id.tolist()
+    np.testing.assert_allclose(result.predictions.pred, bare.pred)
 
 
 def test_ridge_features_from_tidy_volumes_and_participant_ids():

@@ -225,3 +225,46 @@ def test_failed_start_leaves_no_run_files_but_keeps_an_earlier_runs(tiny_config,
     with pytest.raises(RuntimeError):
         again.fit(resume=True)
     assert sorted(p.name for p in again.run_dir.rglob("*") if p.is_file()) == before
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included) with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_run_that_raises_before_its_first_checkpoint_leaves_the_folder_as_it_was(tiny_config, monkeypatch):
+    """The rule of :mod:`flowlet.data.outputs`: a failed run leaves nothing behind. A new run folder is removed
+    again; a folder holding an earlier run keeps that run's files byte for byte (config, split, metrics and
+    checkpoints), even when the failed run had already written its own config and a metrics row."""
+    real_step = Trainer.train_step
+    calls = {"n": 0}
+
+    def fails_at_the_third_step(self, batch, step):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the metrics row of step 2, before the checkpoint of step 4
+            raise RuntimeError("unreadable batch")
+        return real_step(self, batch, step)
+
+    new = Trainer(tiny_config(run="new"))
+    monkeypatch.setattr(Trainer, "train_step", fails_at_the_third_step)
+    with pytest.raises(RuntimeError, match="unreadable batch"):
+        new.fit()
+    assert not new.run_dir.exists()
+
+    monkeypatch.undo()
+    Trainer(tiny_config(run="earlier")).fit(stop_after=2)
+    run_dir = Path(tiny_config(run="earlier").runtime.run_dir)
+    before = _files(run_dir)
+    assert {"config.yaml", "metrics.csv", "checkpoints/state.pt"} <= set(before)
+    again = Trainer(tiny_config("training.lr=2e-3", run="earlier"))  # another run into the same folder
+    calls["n"] = 0
+    monkeypatch.setattr(Trainer, "train_step", fails_at_the_third_step)
+    with pytest.raises(RuntimeError, match="unreadable batch"):
+        again.fit()
+    assert calls["n"] == 3
+    after = _files(run_dir)
+    assert sorted(after) == sorted(before)  # nothing new, no temporary or backup file left
+    for name, data in before.items():
+        assert after[name] == data, name
