@@ -113,6 +113,15 @@ def _check_ranges(config: EvalConfig, source: str) -> None:
             raise ValueError(
                 f"{source}: {key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
             )
+    from analysis.segmentation import WITHDRAWN_METHODS
+
+    method = config.segmentation.method
+    if method in WITHDRAWN_METHODS:
+        raise ValueError(
+            f"{source}: segmentation.method = {method!r} was withdrawn: {WITHDRAWN_METHODS[method]}"
+        )
+    if method != "gmm":
+        raise ValueError(f"{source}: segmentation.method = {method!r}; expected 'gmm'")
     if config.segmentation.volumes not in VOLUME_MODES:
         *first, last = map(repr, VOLUME_MODES)
         raise ValueError(

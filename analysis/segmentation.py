@@ -7,7 +7,6 @@ uniform floor so that a brain larger or shifted relative to the template is stil
 ``GaussianMixture`` is first fitted to the masked intensities, initialised from prior-weighted class means (so no
 intensity order is assumed and any scale works: real scanner units, [0, 1] synthetic images, phantoms); then a few
 EM iterations with the spatial priors give posteriors ``p(k | x, voxel) ∝ prior_k(voxel)^w · N(x; μ_k, σ_k)``.
-Where ``antspyx`` is installed, ANTs Atropos can be chosen instead (``method="atropos"``); it is never required.
 """
 
 from __future__ import annotations
@@ -30,8 +29,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TissueSegmenter"]
+__all__ = ["WITHDRAWN_METHODS", "TissueSegmenter"]
 
+#: Methods that were offered once, with the reason they are refused now.
+WITHDRAWN_METHODS: dict[str, str] = {
+    "atropos": (
+        "ANTs Atropos as called here took the zeros around a skull-stripped brain for its darkest class and counted "
+        "CSF as GM (total GM 1336 mL on average on ixi-dev against the reference's 702; docs/prep.md); use 'gmm'"
+    ),
+}
 _EPS = 1e-6
 _GMM_SAMPLE = 5000
 #: Anatomically adjacent class pairs (indices into background, CSF, GM, WM) that share partial-volume voxels.
@@ -57,7 +63,7 @@ class TissueSegmenter(BaseEstimator):
             :meth:`TissueMaps.as_pve` and ``volumes="pve"`` read); needs ``partial_volume`` and ``method="gmm"``.
         margin_mm: dilation of the prior brain mask (head-size and registration differences).
         prior_floor: weight of the uniform distribution mixed into the priors (0 = trust the template fully).
-        method: ``"gmm"`` (default) or ``"atropos"`` (needs ``antspyx``).
+        method: ``"gmm"``, the only method (``"atropos"`` was withdrawn: see :data:`WITHDRAWN_METHODS`).
 
     Example:
         >>> seg = TissueSegmenter().fit()  # doctest: +SKIP
@@ -81,8 +87,10 @@ class TissueSegmenter(BaseEstimator):
         method: str = "gmm",
         random_state: int = 0,
     ) -> None:
-        if method not in ("gmm", "atropos"):
-            raise ValueError(f"unknown segmentation method '{method}'; choose from ['atropos', 'gmm']")
+        if method in WITHDRAWN_METHODS:
+            raise ValueError(f"segmentation method '{method}' was withdrawn: {WITHDRAWN_METHODS[method]}")
+        if method != "gmm":
+            raise ValueError(f"unknown segmentation method '{method}'; choose from ['gmm']")
         self.grid = grid
         self.priors = priors
         self.prior_weight = prior_weight
@@ -123,8 +131,6 @@ class TissueSegmenter(BaseEstimator):
         step = float(min(np.linalg.norm(np.asarray(self.grid_.affine)[:3, :3], axis=0)))
         iterations = max(int(np.ceil(self.margin_mm / step)), 1)
         self.mask_ = ndimage.binary_dilation(brain > self.mask_threshold, iterations=iterations)
-        if self.method == "atropos":
-            _require_ants()
         return self
 
     def transform(
@@ -156,24 +162,16 @@ class TissueSegmenter(BaseEstimator):
         x = np.asarray(volume.data, np.float64)
         stack = self.priors_ if priors is None else self._with_background(np.asarray(priors, np.float32))
         mask = self.mask_ & np.isfinite(x)
-        if self.method == "atropos":
-            post = _atropos(x, mask, stack[1:], self.prior_weight)
-            pve = None
-            # Atropos returns posteriors only; their weighted moments are the class parameters, as in the EM, so
-            # these maps can start another pass too. Atropos estimates no bias field here (log bias 0).
-            means, variances = _class_parameters(*_weighted_moments(x[mask], post))
-            bias = np.zeros(int(mask.sum()))
-        else:
-            fixed_bias = None if log_bias is None else np.asarray(log_bias, np.float64)[mask]
-            params = None if start is None else (start.class_means(), start.class_variances())
-            post, pve, means, variances, bias = self._gmm(
-                x[mask],
-                stack[:, mask],
-                mask=mask,
-                start=params,
-                log_bias=fixed_bias,
-                n_iter=n_iter or self.n_iter,
-            )
+        fixed_bias = None if log_bias is None else np.asarray(log_bias, np.float64)[mask]
+        params = None if start is None else (start.class_means(), start.class_variances())
+        post, pve, means, variances, bias = self._gmm(
+            x[mask],
+            stack[:, mask],
+            mask=mask,
+            start=params,
+            log_bias=fixed_bias,
+            n_iter=n_iter or self.n_iter,
+        )
         return TissueMaps(
             probabilities=_tissue_maps(post, mask),
             mask=mask,
@@ -361,35 +359,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits - logits.max(0, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(0, keepdims=True)
-
-
-def _require_ants():
-    try:
-        import ants
-    except ImportError as exc:
-        raise ImportError(
-            "method='atropos' needs antspyx (pip install 'flowlet-toolkit[prep]'); use method='gmm' otherwise"
-        ) from exc
-    return ants
-
-
-def _atropos(x: np.ndarray, mask: np.ndarray, priors: np.ndarray, prior_weight: float) -> np.ndarray:
-    """ANTs Atropos posteriors ``(4, V)`` (background, CSF, GM, WM) at the masked voxels, from ``(3, X, Y, Z)``
-    CSF/GM/WM priors."""
-    ants = _require_ants()
-    image = ants.from_numpy(x.astype(np.float32))
-    ants_mask = ants.from_numpy(mask.astype(np.float32))
-    prior_images = [ants.from_numpy(p.astype(np.float32)) for p in priors]
-    out = ants.atropos(
-        a=image,
-        x=ants_mask,
-        i=prior_images,
-        m="[0.2,1x1x1]",  # Markov random field: smoothing factor 0.2 over the 1-voxel neighbourhood
-        c="[5,0]",  # 5 iterations (convergence threshold 0: never stops early)
-        priorweight=float(np.clip(prior_weight, 0.0, 1.0)),
-    )
-    tissue = np.stack([p.numpy()[mask] for p in out["probabilityimages"]])
-    return np.concatenate([np.clip(1.0 - tissue.sum(0), 0.0, 1.0)[None], tissue])
 
 
 def _normalised(weights: np.ndarray) -> np.ndarray:

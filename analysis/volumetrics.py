@@ -179,11 +179,8 @@ class RegionVolumetrics:
         priors = {t: block_mean(p, k) for t, p in zip(TISSUES, seg.tissue_priors_)}
         grid = Grid(shape=priors["csf"].shape, affine=affine)
         self.coarse_factor_ = k
-        # The coarse pass only drives the registration: the mixture model always (Atropos is for the fine pass),
-        # without the partial-volume fractions of volumes "pve".
-        self.coarse_segmenter_ = (
-            clone(seg).set_params(grid=grid, priors=priors, method="gmm", pve=False).fit()
-        )
+        # The coarse pass only drives the registration: without the partial-volume fractions of volumes "pve".
+        self.coarse_segmenter_ = clone(seg).set_params(grid=grid, priors=priors, pve=False).fit()
         self.template_index_ = tissue_index(*self.coarse_segmenter_.tissue_priors_)
         self.template_index_fine_ = tissue_index(*seg.tissue_priors_)
 

@@ -12,8 +12,8 @@ scan's saved transform, so the registration is the default one:
   the segmentation is rerun there (no image resampling). Writes the total GM/WM, the lateral ventricles and the
   hippocampus GM both ways, with r, MAE and the age correlation of the measured/reference ratio, and the soft Dice
   of GM with DLMUSE on the MNI grid.
-* ``atropos``: (d) ANTs Atropos as the fine segmenter (``segmentation.method: atropos``), then the same
-  measurements.
+* (d) ANTs Atropos as the fine segmenter was run as ``atropos`` at commit 8f6d082; the option was withdrawn after
+  that run (it counted CSF as GM), so the variant is not here any more.
 * ``background-gm``: (c) a background/GM mixed class added to the segmentation, then the same measurements as
   ``flowlet-eval regions`` (the class is not an option of the toolkit: it was not adopted).
 
@@ -23,8 +23,6 @@ Usage::
     python benchmarks/ixi_gm_variants.py native --prep /tmp/prep_ixi/prep --out /tmp/gm/native
     python benchmarks/ixi_gm_variants.py background-gm --prep /tmp/prep_ixi/prep --out /tmp/gm/bggm
     python benchmarks/prep_ixi.py --correlate /tmp/gm/bggm/regions
-    python benchmarks/ixi_gm_variants.py atropos --prep /tmp/prep_ixi/prep --out /tmp/gm/atropos
-    python benchmarks/prep_ixi.py --correlate /tmp/gm/atropos/regions
 """
 
 from __future__ import annotations
@@ -241,30 +239,11 @@ def background_gm_variant(prep: Path, out: Path, data_dir: Path) -> None:
     write_json_atomic(out / "diagnosis.json", {"zones": ixi_tissue_diagnosis.summarise(table)})
 
 
-def atropos_variant(prep: Path, out: Path, data_dir: Path) -> None:
-    """(d): ``flowlet-eval regions`` and the voxel-wise diagnosis with ANTs Atropos as the fine segmenter, into
-    ``out/regions`` and ``out/diagnosis.json``."""
-    import ixi_tissue_diagnosis
-
-    from pipelines.eval.cli import main as eval_main
-
-    out.mkdir(parents=True, exist_ok=True)
-    config = out / "atropos.yaml"
-    config.write_text("segmentation:\n  method: atropos\n")
-    code = eval_main(
-        ["regions", "--cohort", str(prep), "--out", str(out / "regions"), "--config", str(config)]
-    )
-    if code:
-        raise SystemExit(code)
-    table = ixi_tissue_diagnosis.measure(prep, data_dir, method="atropos")
-    write_json_atomic(out / "diagnosis.json", {"zones": ixi_tissue_diagnosis.summarise(table)})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("variant", choices=("resample", "native", "background-gm", "atropos"))
+    parser.add_argument("variant", choices=("resample", "native", "background-gm"))
     parser.add_argument("--prep", type=Path, required=True, help="flowlet-prep output (2 mm) of ixi-dev")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ixi-dev folder")
@@ -274,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.variant == "resample":
         resample_variant(args.prep, args.out, args.data, args.order)
-    elif args.variant == "atropos":
-        atropos_variant(args.prep, args.out, args.data)
     elif args.variant == "background-gm":
         background_gm_variant(args.prep, args.out, args.data)
     else:

@@ -80,15 +80,9 @@ def zones(image: np.ndarray, atlas: np.ndarray, grid) -> dict[str, np.ndarray]:
     }
 
 
-def measure(prep: Path, data_dir: Path, *, method: str = "gmm") -> pd.DataFrame:
-    """Per scan and zone, the measured and reference GM (mL) and, for the whole grid, the soft Dice.
-
-    ``method`` is the segmenter's (``"gmm"`` or ``"atropos"``); Atropos gives no linear partial-volume fractions,
-    so its ``pve`` columns are NaN.
-    """
+def measure(prep: Path, data_dir: Path) -> pd.DataFrame:
     # Every volumes mode from one segmentation: the fractions, with the linear partial-volume ones beside them.
-    segmenter = TissueSegmenter(grid=mni_grid(2.0), pve=method == "gmm", method=method)
-    vol = RegionVolumetrics("harvard-oxford", segmenter=segmenter).fit()
+    vol = RegionVolumetrics("harvard-oxford", segmenter=TissueSegmenter(grid=mni_grid(2.0), pve=True)).fit()
     ages = pd.read_csv(data_dir / "participants.tsv", sep="\t").set_index("participant_id")["age"]
     rows = []
     for anat in sorted(prep.glob("sub-*/anat")):
@@ -101,9 +95,7 @@ def measure(prep: Path, data_dir: Path, *, method: str = "gmm") -> pd.DataFrame:
         measured = {
             "fractions": maps.probabilities["gm"],
             "labels": maps.as_labels().probabilities["gm"],
-            "pve": maps.as_pve().probabilities["gm"]
-            if maps.pve is not None
-            else np.full(maps.mask.shape, np.nan),
+            "pve": maps.as_pve().probabilities["gm"],
         }
         for zone, where in zones(np.asarray(image.data), atlas, vol.grid_).items():
             row = {"subject": subject, "age": float(ages[f"sub-{subject}"]), "zone": zone}
@@ -130,8 +122,6 @@ def summarise(table: pd.DataFrame) -> dict:
         entry = {"reference_ml_mean": round(float(part["reference_ml"].mean()), 1)}
         for mode in MODES:
             measured = part[f"{mode}_ml"]
-            if measured.isna().all():  # no linear partial-volume fractions (Atropos)
-                continue
             entry[f"{mode}_ml_mean"] = round(float(measured.mean()), 1)
             if zone == "total":
                 entry[f"{mode}_mae_ml"] = round(float((measured - part["reference_ml"]).abs().mean()), 1)

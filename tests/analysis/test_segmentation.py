@@ -171,34 +171,19 @@ def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
         RegionVolumetrics(atlas, volumes="counts")
 
 
-def test_atropos_maps_carry_the_class_moments_of_its_posteriors(monkeypatch):
-    """Atropos gives posteriors only; the class means and variances are their weighted moments (here one-hot
-    posteriors of the true labels, so the per-tissue sample moments), and they can start the mixture model.
+def test_the_withdrawn_atropos_method_is_refused_with_its_reason():
+    """``method="atropos"`` counted CSF as GM on skull-stripped scans; asking for it says so, in Python and in an
+    eval config (naming the source and the key)."""
+    from analysis.config import EvalConfig
 
-    Atropos itself is replaced: an ANTs call leaves state behind that changes later registrations in the process.
-    """
-    import analysis.segmentation as segmentation
-
-    labels = _truth()
-    image = Volume(np.where(labels > 0, _image(labels, 2), 0.0).astype(np.float32), GRID.affine)
-    seen = {}
-
-    def one_hot(x, mask, priors, prior_weight):
-        seen["mask"] = mask
-        return np.stack([(labels[mask] == k).astype(np.float64) for k in range(4)])
-
-    monkeypatch.setattr(segmentation, "_require_ants", lambda: None)
-    monkeypatch.setattr(segmentation, "_atropos", one_hot)
-    atropos = TissueSegmenter(grid=GRID, priors=_priors(labels), method="atropos").fit().transform(image)
-    values = np.asarray(image.data, np.float64)[seen["mask"]]
-    for k, name in enumerate(("background", *TISSUES)):
-        members = values[labels[seen["mask"]] == k]
-        assert atropos.means[name] == pytest.approx(members.mean(), rel=1e-4, abs=1e-9)
-        assert atropos.variances[name] == pytest.approx(max(members.var(), 1e-6 * values.var()), rel=1e-3)
-    maps = TissueSegmenter(grid=GRID, priors=_priors(labels)).fit().transform(image, start=atropos)
-    hard = maps.hard_labels()
-    for k, tissue in enumerate(TISSUES):
-        assert dice(hard == k + 1, labels == k + 1) > 0.9, tissue
+    with pytest.raises(ValueError, match=r"'atropos' was withdrawn: .*counted CSF as GM"):
+        TissueSegmenter(method="atropos")
+    with pytest.raises(ValueError, match=r"unknown segmentation method 'kmeans'; choose from \['gmm'\]"):
+        TissueSegmenter(method="kmeans")
+    with pytest.raises(ValueError, match=r"e\.yaml: segmentation\.method = 'atropos' was withdrawn"):
+        EvalConfig.from_dict({"segmentation": {"method": "atropos"}}, source="e.yaml")
+    with pytest.raises(ValueError, match=r"e\.yaml: segmentation\.method = 'kmeans'; expected 'gmm'"):
+        EvalConfig.from_dict({"segmentation": {"method": "kmeans"}}, source="e.yaml")
 
 
 def test_the_coarse_registration_pass_keeps_the_segmenter_settings():
