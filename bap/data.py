@@ -277,18 +277,17 @@ def apply_normalisation(images: np.ndarray, stats: dict[str, Any]) -> np.ndarray
     """Normalise ``(N, X, Y, Z)`` (or one ``(X, Y, Z)``) images with settings from :func:`fit_normalisation`."""
     kind = stats["kind"]
     x = np.asarray(images, dtype=np.float32)
-    if kind == "brain_zscore":
+    if kind in ("brain_zscore", "zscore"):  # per scan: inside its brain mask, or over the whole volume
         mask_kind = stats.get("brain_mask", "auto")
+
+        def one(scan: np.ndarray) -> np.ndarray:
+            return brain_zscore(scan, mask_kind) if kind == "brain_zscore" else zscore(scan)
+
         if x.ndim == 3:
-            return brain_zscore(x, mask_kind)
-        return np.stack([brain_zscore(scan, mask_kind) for scan in x]) if len(x) else x
+            return one(x)
+        return np.stack([one(scan) for scan in x]) if len(x) else x
     if kind == "minmax":
         return np.clip((x - stats["low"]) / (stats["high"] - stats["low"]), 0.0, 1.0).astype(np.float32)
-    if kind == "zscore":
-        axes = tuple(range(x.ndim - 3, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        std = x.std(axis=axes, keepdims=True)
-        return ((x - mean) / np.maximum(std, 1e-8)).astype(np.float32)
     if kind == "none":
         return x
     raise ValueError(

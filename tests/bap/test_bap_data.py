@@ -72,6 +72,24 @@ def test_minmax_uses_percentiles_of_per_volume_extremes():
     assert float(z.mean()) == pytest.approx(0.0, abs=1e-6) and float(z.std()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_zscore_normalisation_is_the_shared_per_scan_zscore():
+    """``normalisation: zscore`` z-scores each scan on its own with :func:`flowlet.data.preprocessing.zscore`: one
+    rule for a constant scan (centred, not divided by ~0) and float64 statistics."""
+    from flowlet.data.preprocessing import zscore
+
+    rng = np.random.default_rng(0)
+    images = np.stack(
+        [rng.normal(300, 40, (3, 4, 5)), np.full((3, 4, 5), 7.0), rng.normal(2, 0.1, (3, 4, 5))]
+    )
+    out = apply_normalisation(images.astype(np.float32), {"kind": "zscore"})
+    for scan, normalised in zip(images.astype(np.float32), out):
+        np.testing.assert_array_equal(normalised, zscore(scan))
+    assert np.all(out[1] == 0.0)
+    np.testing.assert_array_equal(
+        apply_normalisation(images[0].astype(np.float32), {"kind": "zscore"}), out[0]
+    )
+
+
 def test_leakage_check_catches_violations():
     table = pd.DataFrame(
         {"subject_id": ["a", "a", "b"], "split": ["train", "test", "val"], "source": ["real", "real", "real"]}
