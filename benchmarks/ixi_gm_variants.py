@@ -1,4 +1,4 @@
-"""The three pre-registered variants for the GM bar on ``ixi-dev`` (``docs/prep.md``, "Interpolation blur").
+"""The three pre-registered variants for the GM bar on ``ixi-dev`` (``docs/prep.md``, "The GM bar: four pre-registered variants").
 
 Each variant starts from a finished ``flowlet-prep`` output (2 mm) of ``../shared/data/ixi-dev`` and reuses every
 scan's saved transform, so the registration is the default one:
