@@ -114,7 +114,13 @@ def _check_ranges(config: EvalConfig, source: str) -> None:
                 f"{source}: {key} = {value!r}; expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
             )
     from analysis.segmentation import WITHDRAWN_METHODS
+    from flowlet.data.templates import list_atlases
 
+    if config.atlas.image is None and config.atlas.name not in list_atlases():
+        raise ValueError(
+            f"{source}: atlas.name = {config.atlas.name!r}; expected one of {list_atlases()} (or atlas.image and "
+            "atlas.table for a custom atlas)"
+        )
     method = config.segmentation.method
     if method in WITHDRAWN_METHODS:
         raise ValueError(

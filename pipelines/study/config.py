@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from flowlet.data.config import ConfigTypeError, build_section, to_plain
+from flowlet.data.templates import list_atlases
 from pipelines.augment import GenerationSettings
 
 __all__ = ["StudyConfig", "StudyConfigError", "load_study_config", "study_config_from_dict"]
@@ -200,6 +201,8 @@ def study_config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> 
     if config.bap.seeds < 1:
         raise StudyConfigError(f"{source}: bap.seeds must be >= 1")
     e = config.eval
+    if e.atlas not in list_atlases():
+        raise StudyConfigError(f"{source}: eval.atlas = {e.atlas!r}; expected one of {list_atlases()}")
     try:
         e.measure_options()
     except ValueError as exc:

@@ -186,6 +186,19 @@ def test_the_withdrawn_atropos_method_is_refused_with_its_reason():
         EvalConfig.from_dict({"segmentation": {"method": "kmeans"}}, source="e.yaml")
 
 
+def test_an_unknown_atlas_name_is_refused_when_the_eval_config_loads():
+    from analysis.config import EvalConfig
+
+    with pytest.raises(
+        ValueError, match=r"e\.yaml: atlas\.name = 'harvard-oxfrod'; expected one of .*harvard-oxford"
+    ):
+        EvalConfig.from_dict({"atlas": {"name": "harvard-oxfrod"}}, source="e.yaml")
+    custom = EvalConfig.from_dict(
+        {"atlas": {"name": "mine", "image": "a.nii.gz", "table": "a.tsv"}}, source="e.yaml"
+    )
+    assert custom.atlas.name == "mine"
+
+
 def test_the_coarse_registration_pass_keeps_the_segmenter_settings():
     import pandas as pd
 

@@ -37,6 +37,12 @@ LATE_SETTINGS = [
         {"train": {"epochs": "two"}},
         ("bap.overrides", "train.epochs: expected an integer"),
     ),
+    (
+        "eval",
+        "atlas",
+        "harvard-oxfrod",
+        ("eval.atlas = 'harvard-oxfrod'", "expected one of", "harvard-oxford"),
+    ),
 ]
 
 
