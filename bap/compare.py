@@ -17,8 +17,9 @@ Training seeds and test subjects are both random: a conclusion should hold for a
 and p value therefore resamples seeds and subjects together (:func:`bap.resampling.crossed_bootstrap`). A bootstrap
 over subjects of seed-averaged errors is narrower, because it treats the trained networks as fixed, and it let a
 verdict flip with the thread count of the machine. An effect is *called* (``verdict`` ``better`` / ``worse``) only
-when its 95 % CI excludes 0, it exceeds the seed-to-seed SD of the per-seed differences, and, for an age bin, its
-Holm-adjusted p value over the bins of that arm is below 0.05; otherwise the verdict is ``no detectable effect``.
+when its 95 % CI excludes 0, it exceeds the seed-to-seed SD of the per-seed differences, for an age bin its
+Holm-adjusted p value over the bins of that arm is below 0.05, and there are at least 20 test subjects and 3 seeds
+(:mod:`bap.verdicts`); otherwise the verdict is ``no detectable effect`` (or ``too few to call``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bap.config import BapConfig, replace
 from bap.data import SOURCE, prepare_data
 from bap.figures import plot_bins
 from bap.train import train
+from bap.verdicts import holm, verdict
 from flowlet.data import keys
 from flowlet.data.bins import age_bin_labels, inverse_frequency_weights, label_start
 from flowlet.data.io import write_table_atomic, write_text_atomic
@@ -225,30 +227,9 @@ def _scan_ages(frame: pd.DataFrame, arms: list[str]) -> pd.Series:
     return frame.groupby(SCAN)[keys.AGE].first()
 
 
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm-Bonferroni adjusted p values (NaN entries are left out of the family and stay NaN)."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    m = order.size
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
-
-
 def _sd(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
-
-
-def _verdict(diff: float, low: float, high: float, seed_sd: float, p_holm: float) -> str:
-    exceeds_seeds = np.isnan(seed_sd) or abs(diff) > seed_sd
-    if (high < 0 or low > 0) and exceeds_seeds and not p_holm >= 0.05:
-        return "better" if diff < 0 else "worse"
-    return "no detectable effect"
 
 
 def seed_scan_errors(
@@ -302,6 +283,10 @@ def arm_statistics(
     errors = seed_scan_errors(frame, arms, scan_ages.index)
     ratios = frame.groupby("arm")["ratio"].first() if "ratio" in frame.columns else pd.Series(0.0, index=arms)
     rows = []
+    n_subjects = {
+        label: int(np.unique(subjects if label == "all" else subjects[bins == label]).size)
+        for label in labels
+    }
     for arm in arms:
         for label in labels:
             mask = np.ones(ages.size, bool) if label == "all" else bins == label
@@ -344,12 +329,14 @@ def arm_statistics(
     table["verdict"] = [
         "baseline"
         if r.arm == baseline
-        else _verdict(
+        else verdict(
             r.diff_years,
             r.diff_low_years,
             r.diff_high_years,
             r.diff_seed_sd_years,
             r.p_bootstrap if r.age_bin == "all" else r.p_holm,
+            n_subjects=n_subjects[r.age_bin],
+            n_seeds=r.n_seeds,
         )
         for r in table.itertuples()
     ]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bap.verdicts import MIN_SEEDS, MIN_TEST_SUBJECTS, TOO_FEW
 from flowlet.data import keys
 from flowlet.data.bins import age_bin_labels
 from flowlet.data.io import write_table_atomic, write_text_atomic
@@ -169,13 +170,20 @@ def conclusion_sentences(
         )
     sentences.append(
         f"An effect is called only when its 95 % CI excludes 0 and it is larger than the seed-to-seed SD of the "
-        f"difference ({n_seeds} training seeds); per-bin effects also need a Holm-adjusted p < 0.05 over the bins."
+        f"difference ({n_seeds} training seeds); per-bin effects also need a Holm-adjusted p < 0.05 over the bins; "
+        f"and none is called with fewer than {MIN_TEST_SUBJECTS} test subjects or {MIN_SEEDS} training seeds "
+        f"('{TOO_FEW}')."
     )
     return sentences
 
 
 def _best(rows: pd.DataFrame) -> str:
     better = rows[rows["verdict"] == "better"].sort_values("diff_years")
+    if better.empty and (rows["verdict"] == TOO_FEW).any():
+        return (
+            f"Too few test subjects or training seeds to call any effect here (at least {MIN_TEST_SUBJECTS} "
+            f"and {MIN_SEEDS} are needed): read these numbers as a check that the pipeline runs."
+        )
     if better.empty:
         return "No arm beats real-only training detectably here (no detectable effect)."
     names = ", ".join(better["arm"])

@@ -95,6 +95,11 @@ def test_conclusion_ranks_the_arms_and_says_no_detectable_effect():
         bins[bins.arm != "oversample"].assign(verdict="no detectable effect"), [], None, None
     )
     assert "no detectable effect" in none[1] and "No age bin" in none[0]
+    small = bins.assign(verdict=["baseline", "too few to call", "too few to call"] * 2)
+    few = conclusion_sentences(small, [], None, None)
+    assert "oversample -0.50 y, 95 % CI [-0.90, -0.10], seed SD 0.20: too few to call" in few[1]
+    assert "Too few test subjects or training seeds to call any effect here (at least 20 and 3" in few[1]
+    assert "Detectably better" not in few[1] and "fewer than 20 test subjects or 3 training seeds" in few[-1]
 
 
 def _scans_with_volumes(folder, n: int = 24) -> pd.DataFrame:
