@@ -205,6 +205,16 @@ class RegionVolumetrics:
                     f"tissue maps shape {maps.mask.shape} differs from the atlas grid {self.labels_.shape}"
                 )
             return self._counted(maps), self.labels_
+        maps, labels, _ = self._register_and_segment(volume)
+        if self.csf_growth_mm > 0 and self.csf_ids_:
+            steps = int(np.ceil(self.csf_growth_mm / min(self.grid_.voxel_sizes)))
+            labels = grow_csf_structures(labels, maps.probabilities["csf"], self.csf_ids_, steps)
+        return self._counted(maps), labels
+
+    def _register_and_segment(self, volume: Volume) -> tuple[TissueMaps, np.ndarray, np.ndarray]:
+        """The registration path of :meth:`segment` for an image already on the grid: the tissue maps (fractions,
+        before :meth:`_counted`), the atlas labels carried onto the image (before the CSF structures grow) and the
+        ``(3, X, Y, Z)`` CSF/GM/WM template priors carried by the same registration."""
         # The first segmentation only drives the registration, so it runs on the ~4 mm grid.
         k = self.coarse_factor_
         coarse = Volume(block_mean(volume.data, k), self.coarse_segmenter_.grid_.affine)
@@ -226,11 +236,7 @@ class RegionVolumetrics:
                 iterations=self.refine_iterations,
                 sigma_diffusion=self.demons_smoothing,
             )
-        labels = warp(self.labels_, u, order=0).astype(np.int64)
-        if self.csf_growth_mm > 0 and self.csf_ids_:
-            steps = int(np.ceil(self.csf_growth_mm / min(self.grid_.voxel_sizes)))
-            labels = grow_csf_structures(labels, maps.probabilities["csf"], self.csf_ids_, steps)
-        return self._counted(maps), labels
+        return maps, warp(self.labels_, u, order=0).astype(np.int64), priors
 
     def _counted(self, maps: TissueMaps) -> TissueMaps:
         """``maps`` as the volumes count them (the atlas labels were carried with the fractions either way)."""

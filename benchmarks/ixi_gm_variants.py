@@ -7,8 +7,8 @@ scan's saved transform, so the registration is the default one:
   the prep folder; ``--order 1`` reproduces flowlet-prep's own image (the check that the copy is faithful; the
   largest difference is printed per scan). Measure the copy with ``flowlet-eval regions`` and
   ``benchmarks/prep_ixi.py --correlate``, and the voxel-wise agreement with ``benchmarks/ixi_tissue_diagnosis.py``.
-* ``native``: (b) tissue fractions measured on the scan's own grid: the default MNI-grid segmentation is run step
-  by step, then the registered priors, bias field, brain mask and atlas labels are carried onto the scan's grid and
+* ``native``: (b) tissue fractions measured on the scan's own grid: the default MNI-grid segmentation runs
+  (``RegionVolumetrics._register_and_segment``, the registration path of ``segment``), then the registered priors, bias field, brain mask and atlas labels are carried onto the scan's grid and
   the segmentation is rerun there (no image resampling). Writes the total GM/WM, the lateral ventricles and the
   hippocampus GM both ways, with r, MAE and the age correlation of the measured/reference ratio, and the soft Dice
   of GM with DLMUSE on the MNI grid.
@@ -46,13 +46,6 @@ from ixi_tissue_diagnosis import reference_tissue  # noqa: E402
 
 from analysis import segmentation  # noqa: E402
 from analysis.region_volumes import region_tissue_table  # noqa: E402
-from analysis.registration import (  # noqa: E402
-    block_mean,
-    demons_register,
-    tissue_index,
-    upsample_displacement,
-    warp,
-)
 from analysis.segmentation import TissueSegmenter  # noqa: E402
 from analysis.tissue_maps import TISSUES  # noqa: E402
 from analysis.volumetrics import RegionVolumetrics, grow_csf_structures  # noqa: E402
@@ -120,39 +113,15 @@ def resample_variant(prep: Path, out: Path, data_dir: Path, order: int) -> None:
         save_volume(path, image, grid.affine, dtype=np.float32)
 
 
-def _default_segmentation(vol: RegionVolumetrics, image: Volume):
-    """``RegionVolumetrics.segment`` step by step, also returning the registered priors and bias field."""
-    grid = vol.grid_
-    k = vol.coarse_factor_
-    coarse = vol.coarse_segmenter_.transform(
-        Volume(block_mean(image.data, k), vol.coarse_segmenter_.grid_.affine)
-    )
-    u = upsample_displacement(vol._register(coarse), k, grid.shape)
-    priors = np.stack([warp(p, u, order=1) for p in vol.segmenter_.tissue_priors_])
-    log_bias = upsample_displacement(coarse.log_bias[None], k, grid.shape)[0] / k
-    maps = vol.segmenter_.transform(
-        image, priors=priors, start=coarse, log_bias=log_bias, n_iter=vol.fine_iterations
-    )
-    subject = tissue_index(*(maps.probabilities[t] for t in TISSUES))
-    u = demons_register(
-        subject,
-        vol.template_index_fine_,
-        init=u,
-        factors=(1,),
-        iterations=vol.refine_iterations,
-        sigma_diffusion=vol.demons_smoothing,
-    )
-    return maps, warp(vol.labels_, u, order=0).astype(np.int64), priors
-
-
 def native_variant(prep: Path, out: Path, data_dir: Path) -> pd.DataFrame:
     """(b): per scan and measure, the default (MNI grid × determinant) and the scan-grid volumes in mL."""
     vol = RegionVolumetrics("harvard-oxford").fit()
     grid = vol.grid_
     rows = []
     for subject, anat, matrix in scans(prep):
-        maps, labels, priors = _default_segmentation(
-            vol, read_image(next(anat.glob("*desc-preproc_T1w.nii.gz")))
+        # The default's own steps (the prep image is on its grid), with the priors its registration carried.
+        maps, labels, priors = vol._register_and_segment(
+            read_image(next(anat.glob("*desc-preproc_T1w.nii.gz")))
         )
         steps = int(np.ceil(vol.csf_growth_mm / min(grid.voxel_sizes)))
         mni_labels = grow_csf_structures(labels, maps.probabilities["csf"], vol.csf_ids_, steps)
