@@ -75,6 +75,17 @@ def test_bad_method_and_priors_raise():
         TissueSegmenter(grid=GRID).transform(Volume(np.zeros(GRID.shape, np.float32), GRID.affine))
 
 
+def _sphere_atlas(fractions: dict[str, np.ndarray]):
+    """The phantom's tissue as one atlas region: ``(labels, Atlas)``."""
+    import pandas as pd
+
+    from flowlet.data.templates import Atlas
+
+    regions = (sum(fractions.values()) > 0).astype(np.int32)
+    table = pd.DataFrame({"index": [1], "name": ["sphere"]})
+    return regions, Atlas(name="sphere", labels=regions, affine=GRID.affine, table=table)
+
+
 def _partial_volume_phantom(wm_radius: float, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A CSF/GM/WM sphere drawn at 0.5 mm and averaged onto the 2 mm grid: every boundary voxel is a known mix.
 
@@ -123,21 +134,13 @@ def test_partial_volume_fractions_sum_to_the_true_tissue_volumes(wm_radius):
 
 def test_label_volumes_count_each_voxel_for_its_most_likely_tissue():
     """``volumes="labels"`` (voxel counts, as FreeSurfer and DLMUSE count) against the default fractions."""
-    import pandas as pd
 
     from analysis.region_volumes import WHOLE_BRAIN
     from analysis.volumetrics import RegionVolumetrics
-    from flowlet.data.templates import Atlas
 
     image, fractions = _partial_volume_phantom(7.6, 1)
     priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
-    regions = (sum(fractions.values()) > 0).astype(np.int32)
-    atlas = Atlas(
-        name="sphere",
-        labels=regions,
-        affine=GRID.affine,
-        table=pd.DataFrame({"index": [1], "name": ["sphere"]}),
-    )
+    regions, atlas = _sphere_atlas(fractions)
     segmenter = TissueSegmenter(grid=GRID, priors=priors, bias_sigma_mm=0)
     tables = {}
     for mode in ("fractions", "labels", "pve"):
@@ -274,10 +277,8 @@ def test_linear_pve_recovers_the_gm_volume_of_mixed_voxels(gm_radius, seed):
 def test_partial_volume_fractions_are_computed_only_for_volumes_pve():
     """The linear partial-volume fractions are made only where asked (``pve=True``, which ``volumes="pve"`` sets on a
     copy of the segmenter); the fractions beside them are the same either way."""
-    import pandas as pd
 
     from analysis.volumetrics import RegionVolumetrics
-    from flowlet.data.templates import Atlas
 
     image, fractions = _gm_sphere_in_csf(7.7, 1)
     priors = {t: np.clip(ndimage.gaussian_filter(f, 1.2), 0, 1) for t, f in fractions.items()}
@@ -290,13 +291,7 @@ def test_partial_volume_fractions_are_computed_only_for_volumes_pve():
         assert np.array_equal(plain.probabilities[tissue], with_pve.probabilities[tissue])
     with pytest.raises(ValueError, match="no partial-volume fractions"):
         plain.as_pve()
-    regions = (sum(fractions.values()) > 0).astype(np.int32)
-    atlas = Atlas(
-        name="sphere",
-        labels=regions,
-        affine=GRID.affine,
-        table=pd.DataFrame({"index": [1], "name": ["sphere"]}),
-    )
+    _, atlas = _sphere_atlas(fractions)
     for mode in ("fractions", "labels", "pve"):
         vol = RegionVolumetrics(atlas, grid=GRID, segmenter=segmenter, volumes=mode).fit()
         maps, _ = vol.segment(volume)
