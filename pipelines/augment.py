@@ -149,6 +149,21 @@ class GenerationSettings:
     guidance_scale: float = 1.0
     batch_size: int | str = 8
 
+    def sampling_config(self, **runtime):
+        """The sampler settings as a :class:`flowlet.sampling.SamplingConfig` (which checks them); ``"auto"``
+        batches start at 1 until :func:`flowlet.sampling.auto_batch_size` sizes them. ``runtime``: device and
+        precision."""
+        from flowlet.sampling import SamplingConfig
+
+        return SamplingConfig(
+            solver=self.solver,
+            num_steps=self.steps,
+            time_grid=self.time_grid,
+            guidance_scale=self.guidance_scale,
+            batch_size=1 if self.batch_size == "auto" else self.batch_size,
+            **runtime,
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentOptions(GenerationSettings):
@@ -209,7 +224,6 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False, plan=No
     from flowlet.augment.writer import parse_shard, sample_table, write_augmentation
     from flowlet.batching import auto_batch_size
     from flowlet.export import resolve_affine
-    from flowlet.sampling import SamplingConfig
 
     shard = parse_shard(options.shard)
     plan = plan if plan is not None else plan_augmentation(real_ages, options)
@@ -233,14 +247,8 @@ def augment(real_ages, options: AugmentOptions, *, locked: bool = False, plan=No
     device = resolve_device(options.device)
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one process per GPU of the node
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    sampling = SamplingConfig(
-        solver=options.solver,
-        num_steps=options.steps,
-        time_grid=options.time_grid,
-        guidance_scale=options.guidance_scale,
-        batch_size=1 if options.batch_size == "auto" else options.batch_size,
-        device=device,
-        autocast_dtype="bf16" if device.startswith("cuda") else None,
+    sampling = options.sampling_config(
+        device=device, autocast_dtype="bf16" if device.startswith("cuda") else None
     )
     if options.batch_size == "auto":
         if shard.count > 1:

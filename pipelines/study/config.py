@@ -245,7 +245,7 @@ def _check_augment(section: AugmentSection, source: str) -> None:
     from flowlet.augment.plan import check_bin_width, check_budget
     from flowlet.augment.targets import parse_target
     from flowlet.data.cohort_sources import MAX_AGE_YEARS
-    from flowlet.sampling import SamplingConfig, sample_seed
+    from flowlet.sampling import sample_seed
 
     try:
         check_bin_width(section.bin_width)  # messages start with the field's name
@@ -258,10 +258,7 @@ def _check_augment(section: AugmentSection, source: str) -> None:
         where = "augment." if str(exc).startswith("target_hist") else "augment.target_hist: "
         raise StudyConfigError(f"{source}: {where}{exc}") from exc
     try:
-        batch = 1 if section.batch_size == "auto" else section.batch_size
-        SamplingConfig(
-            solver=section.solver, num_steps=section.steps, time_grid=section.time_grid, batch_size=batch
-        )
+        section.sampling_config()
     except ValueError as exc:
         message = re.sub(r"SamplingConfig\.(\w+)", lambda m: {"num_steps": "steps"}.get(m[1], m[1]), str(exc))
         raise StudyConfigError(f"{source}: augment.{message}") from exc
